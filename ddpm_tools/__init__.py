@@ -1,0 +1,19 @@
+"""ddpm-tools: train DDPMs as sets of per-interval networks, measure every denoising
+step once (the KL cost table), find the ELBO-optimal K-step schedule exactly, and
+evaluate likelihood and samples for any schedule.
+
+Glossary (names follow the papers; DESIGN.md fixes the conventions):
+    T            number of diffusion steps; time t in {0, ..., T}, x_0 is data.
+    beta_t       noise variance of step t (t = 1..T); ``betas[0] = 0`` is a placeholder.
+    alpha_bar_t  prod_{i<=t} (1 - beta_i), with alpha_bar_0 = 1.
+    beta_{t|s}   1 - alpha_bar_t / alpha_bar_s, the noise added from s to t (s < t).
+    beta_tilde   beta_{t|s} (1 - alpha_bar_s) / (1 - alpha_bar_t), the posterior variance.
+    x0_hat       the network's estimate of x_0 from x_t (eps-, x0- or v-prediction).
+    tau          a K-step schedule 0 = tau_0 < tau_1 < ... < tau_K (= T).
+    L[s, t]      expected cost (nats per example) of the step t -> s; row 0 is the decoder.
+    prior[t]     cost of starting the chain at t (+inf where no prior exists).
+    member       one network of a checkpoint set, owning times t_lo..t_hi (inclusive).
+    bits/dim     nats / (D ln 2), only when reporting.
+"""
+
+__version__ = "0.1.0"

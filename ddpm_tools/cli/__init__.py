@@ -1,0 +1,1 @@
+"""The ``ddpm-tools`` command line: thin typer commands over the Python API."""
