@@ -19,7 +19,7 @@ from ddpm_tools.errors import DdpmToolsError
 class _ErrorEdgeGroup(TyperGroup):
     """Catches the project's error family at the CLI edge."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # click's Context (vendored by newer typer)
         try:
             return super().invoke(ctx)
         except DdpmToolsError as e:

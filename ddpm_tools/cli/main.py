@@ -1,0 +1,21 @@
+"""Entry point of the ``ddpm-tools`` console script: imports every command module."""
+
+from __future__ import annotations
+
+from ddpm_tools.cli import (  # noqa: F401  (each module registers its commands)
+    cmd_costs,
+    cmd_demo,
+    cmd_eval,
+    cmd_eval_samples,
+    cmd_optimize,
+    cmd_train,
+    cmd_version,
+)
+from ddpm_tools.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Run the CLI."""
+    app()

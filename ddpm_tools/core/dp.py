@@ -1,0 +1,280 @@
+"""The exact dynamic program over a KL cost table (Watson et al. 2021, Sec. 3).
+
+The negative ELBO of a K-step schedule 0 = tau_0 < tau_1 < ... < tau_K is
+
+    prior[tau_K] + sum_{i=1..K} L[tau_{i-1}, tau_i]
+
+with ``L[s, t]`` the expected cost in nats of the step t -> s (row s = 0 is the decoder)
+and ``prior[t]`` the cost of starting the chain at t (+inf where no prior exists). One
+forward pass (``kernels.dp_relax_rows``) answers every budget K up to the largest one
+asked for; ties go to the smallest s at every step and to the smallest start t.
+
+Only entries with s < t are read: L[s, t] for s >= t may hold anything. +inf entries
+are steps that cannot be taken. NaN and -inf in the used part are input errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ddpm_tools.core import kernels
+from ddpm_tools.core.strides import check_timesteps
+from ddpm_tools.errors import BadInputError
+from ddpm_tools.progress import ProgressFn, report
+
+ROW_CHUNK = 128  # source rows per step of the forward pass (one sync of the threads)
+MIN_THREAD_WORK = 1 << 20  # (s, t, k) updates worth one more thread
+
+
+@dataclass(frozen=True, eq=False)
+class DPSolution:
+    """The least-cost schedule with exactly ``budget`` steps."""
+
+    budget: int  # K, the number of steps (network calls)
+    timesteps: np.ndarray  # [K+1] int64, 0 = tau_0 < ... < tau_K
+    cost_nats: float  # prior[tau_K] + sum_i L[tau_{i-1}, tau_i], nats per example
+
+
+def check_table(L: np.ndarray, prior: np.ndarray, where: str = "the cost table") -> int:
+    """Validate a cost table and return the most steps any finite-cost schedule can take.
+
+    L: [T+1, T+1] float64, prior: [T+1] float64. Raises BadInputError (naming ``where``)
+    for a bad shape, NaN or -inf in L[s, t] with s < t or in prior, or when no schedule
+    has finite cost. Returns K_max: the largest K such that some path 0 -> t of K finite
+    steps ends at a t with finite prior.
+    """
+    return _validated(L, prior, where)[2]
+
+
+def _validated(
+    L: np.ndarray, prior: np.ndarray, where: str
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(L, prior) as C-contiguous float64 after every check of check_table, and K_max."""
+    L, prior = _as_arrays(L, prior, where)
+    reach = np.empty(L.shape[0], dtype=np.int64)
+    s, t = kernels.scan_table(L, reach)
+    if s >= 0:
+        raise BadInputError(
+            f"{where} has {L[s, t]} at L[{s}, {t}] (step {t} -> {s}); every used entry "
+            "(s < t) must be a number or +inf, so rebuild the table"
+        )
+    bad = np.flatnonzero(np.isnan(prior) | (prior == -np.inf))
+    if bad.size:
+        raise BadInputError(
+            f"{where} has {prior[bad[0]]} at prior[{bad[0]}]; the prior must be a number "
+            "or +inf (no prior at that t), so rebuild the table"
+        )
+    ok = np.isfinite(prior) & (reach >= 0)
+    if not ok[1:].any():
+        raise BadInputError(
+            f"{where} admits no schedule of finite cost: no path of finite steps from 0 "
+            "reaches a t with a finite prior; check the table's +inf entries"
+        )
+    return L, prior, int(reach[1:][ok[1:]].max())
+
+
+def _as_arrays(L: np.ndarray, prior: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """L and prior as C-contiguous float64, with shapes [T+1, T+1] and [T+1], T >= 1."""
+    L = np.ascontiguousarray(L, dtype=np.float64)
+    prior = np.ascontiguousarray(prior, dtype=np.float64)
+    if L.ndim != 2 or L.shape[0] != L.shape[1] or L.shape[0] < 2:
+        raise BadInputError(
+            f"{where} has L of shape {L.shape}; it must be square [T+1, T+1] with T >= 1"
+        )
+    if prior.shape != (L.shape[0],):
+        raise BadInputError(
+            f"{where} has prior of shape {prior.shape} but L of shape {L.shape}; the prior "
+            f"must have T+1 = {L.shape[0]} entries"
+        )
+    return L, prior
+
+
+def _check_budgets(budgets: Sequence[int], k_max: int, where: str) -> np.ndarray:
+    """Budgets as int64, each in [1, k_max], else one clear sentence."""
+    if len(budgets) == 0:
+        raise BadInputError("no budget given; pass at least one budget K >= 1")
+    out = np.empty(len(budgets), dtype=np.int64)
+    for i, K in enumerate(budgets):
+        if int(K) != K:
+            raise BadInputError(f"budget {K!r} is not an integer; pass whole step counts")
+        if not 1 <= K <= k_max:
+            raise BadInputError(
+                f"budget {K} is outside 1..{k_max}: {where} allows at most {k_max} steps "
+                f"on a finite-cost path; choose a budget between 1 and {k_max}"
+            )
+        out[i] = int(K)
+    return out
+
+
+def _bp_dtype(T: int) -> type[np.signedinteger]:
+    """Smallest integer type holding every s in [0, T-1]."""
+    return np.int16 if T - 1 <= np.iinfo(np.int16).max else np.int32
+
+
+def _forward(
+    L: np.ndarray, K: int, threads: int, progress: ProgressFn | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the forward pass for budgets up to K. Returns C, bp: [T+1, K+1].
+
+    Rows s go in chunks of ROW_CHUNK, in ascending order. Within a chunk, its own
+    triangle (targets t < s_hi) runs first; then the targets t >= s_hi are split into
+    ``threads`` contiguous ranges pushed in parallel (disjoint rows of C and bp; every
+    source row of the chunk is final by then), so results do not depend on ``threads``.
+    """
+    n = L.shape[0]
+    C = np.full((n, K + 1), np.inf)
+    C[0, 0] = 0.0
+    bp = np.zeros((n, K + 1), dtype=_bp_dtype(n - 1))
+    block = kernels.DP_BLOCK
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        for s_lo in range(0, n - 1, ROW_CHUNK):
+            s_hi = min(s_lo + ROW_CHUNK, n - 1)
+            kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, s_lo, s_hi, block)
+            work = (n - s_hi) * (s_hi - s_lo) * min(K, s_hi)  # (s, t, k) updates left
+            parts = max(1, min(threads, work // MIN_THREAD_WORK))
+            if pool is None or parts == 1:
+                kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, s_hi, n, block)
+            else:
+                edges = np.linspace(s_hi, n, parts + 1).astype(np.int64)
+                jobs = [pool.submit(kernels.dp_relax_rows, L, C, bp, s_lo, s_hi, int(a),
+                                    int(b), block) for a, b in itertools.pairwise(edges)]
+                for job in jobs:
+                    job.result()
+            report(progress, "dynamic program", s_hi, n - 1)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return C, bp
+
+
+def default_threads() -> int:
+    """Threads the forward pass uses by default: the CPUs this process may use, at most 8."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return max(1, min(8, len(cpus) if cpus else (os.cpu_count() or 1)))
+
+
+def _threads(threads: int | None) -> int:
+    """``threads`` checked, or the default."""
+    if threads is None:
+        return default_threads()
+    if int(threads) != threads or threads < 1:
+        raise BadInputError(f"threads must be an integer >= 1 (got {threads!r})")
+    return int(threads)
+
+
+def _solve(
+    L: np.ndarray, prior: np.ndarray, budgets: np.ndarray, strict: bool,
+    threads: int | None, progress: ProgressFn | None,
+) -> list[DPSolution]:
+    """Forward pass up to max(budgets), best starts, back-tracking; see solve_schedules."""
+    uniq = np.unique(budgets)
+    C, bp = _forward(L, int(uniq[-1]), _threads(threads), progress)
+    ends = np.empty(uniq.size, dtype=np.int64)
+    costs = np.empty(uniq.size, dtype=np.float64)
+    kernels.dp_best_ends(C, prior, uniq, ends, costs)
+    del C  # back-tracking needs only bp: keep peak memory near one table
+    if strict and (ends < 0).any():
+        K = int(uniq[np.flatnonzero(ends < 0)[0]])
+        raise BadInputError(
+            f"no schedule with exactly {K} steps has finite cost in this table (its +inf "
+            "entries rule every such path out); choose another budget"
+        )
+    found = {}
+    for K, e, c in zip(uniq, ends, costs, strict=True):
+        if e >= 0:
+            tau = np.empty(K + 1, dtype=np.int64)
+            kernels.dp_backtrack(bp, int(e), tau)
+            found[int(K)] = DPSolution(int(K), tau, float(c))
+    return [found[int(K)] for K in budgets if int(K) in found]
+
+
+def solve_schedules(
+    L: np.ndarray, prior: np.ndarray, budgets: Sequence[int], *,
+    threads: int | None = None, progress: ProgressFn | None = None,
+) -> list[DPSolution]:
+    """The least-cost schedule with exactly K steps, for every K in ``budgets``.
+
+    Minimizes prior[tau_K] + sum_i L[tau_{i-1}, tau_i] over 0 = tau_0 < ... < tau_K
+    (Watson et al. 2021, Sec. 3) with one forward pass up to max(budgets).
+    L: [T+1, T+1] float64 (entries s >= t ignored; +inf = step not allowed);
+    prior: [T+1] float64 (+inf where no prior; finite at several t lets the DP pick the
+    start). Returns one DPSolution per entry of ``budgets``, in the order given.
+    Ties: the smallest s at every step, then the smallest start t.
+    Time O(T^2 * K) on ``threads`` threads (None: the CPUs available, at most 8; the
+    result does not depend on it); memory one [T+1, K+1] float64 state plus back-pointers.
+    """
+    L, prior, k_max = _validated(L, prior, "the cost table")
+    ks = _check_budgets(budgets, k_max, "the cost table")
+    return _solve(L, prior, ks, True, threads, progress)
+
+
+def solve_all_budgets(
+    L: np.ndarray, prior: np.ndarray, *, threads: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[DPSolution]:
+    """:func:`solve_schedules` for every budget 1..K_max that has a finite-cost path."""
+    L, prior, k_max = _validated(L, prior, "the cost table")
+    ks = np.arange(1, k_max + 1, dtype=np.int64)
+    return _solve(L, prior, ks, False, threads, progress)
+
+
+def warm_up() -> None:
+    """Load the DP kernels from numba's disk cache (compiling them the first time ever), so
+    that a timing of the DP that follows measures the DP alone."""
+    solve_schedules(np.ones((3, 3)), np.array([np.inf, np.inf, 0.0]), [2])
+
+
+def path_cost(L: np.ndarray, prior: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> float:
+    """prior[tau_K] + sum_i L[tau_{i-1}, tau_i] for one schedule, in nats (may be +inf).
+
+    L: [T+1, T+1], prior: [T+1], timesteps: [K+1] strictly increasing from 0, each <= T
+    (see strides.check_timesteps; an end before T is allowed, it costs prior[tau_K]).
+    The sum runs left to right as in the DP, so it equals a DP cost bit for bit.
+    """
+    L, prior = _as_arrays(L, prior, "the cost table")
+    tau = check_timesteps(timesteps, L.shape[0] - 1, truncated_ok=True)
+    steps = L[tau[:-1], tau[1:]]
+    return float(np.cumsum(steps)[-1] + prior[tau[-1]])  # cumsum adds sequentially
+
+
+def solve_schedules_numpy(
+    L: np.ndarray, prior: np.ndarray, budgets: Sequence[int]
+) -> list[DPSolution]:
+    """Reference DP in plain numpy: for each k, C[k] = min_s C[k-1, s] + L[s, :].
+
+    Same inputs, outputs and tie rule as :func:`solve_schedules` (argmin takes the first
+    minimum, so the smallest s); O(T^2) temporary per k and reads all of L for every k.
+    Used by the tests and the benchmark.
+    """
+    L, prior, k_max = _validated(L, prior, "the cost table")
+    ks = _check_budgets(budgets, k_max, "the cost table")
+    n = L.shape[0]
+    K = int(ks.max())
+    Lm = np.where(np.triu(np.ones((n, n), dtype=bool), 1), L, np.inf)
+    C = np.full((K + 1, n), np.inf)
+    C[0, 0] = 0.0
+    bp = np.zeros((K + 1, n), dtype=np.int64)
+    cols = np.arange(n)
+    for k in range(1, K + 1):
+        M = C[k - 1][:, None] + Lm
+        bp[k] = M.argmin(axis=0)
+        C[k] = M[bp[k], cols]
+    out = []
+    for K in ks:
+        total = C[K] + prior
+        end = int(total.argmin())
+        if total[end] == np.inf:
+            raise BadInputError(f"no schedule with exactly {K} steps has finite cost")
+        tau = np.empty(K + 1, dtype=np.int64)
+        tau[K] = end
+        for k in range(K, 0, -1):
+            tau[k - 1] = bp[k, tau[k]]
+        out.append(DPSolution(int(K), tau, float(total[end])))
+    return out

@@ -1,0 +1,271 @@
+"""The cost-table file: read, write, validate, and what a table predicts for a schedule
+(its negative ELBO, and the exact DP schedules next to the strides).
+
+Format (DESIGN.md, "Cost table"): one safetensors file holding
+
+* ``L``: [T+1, T+1] float64, ``L[s, t]`` the expected cost in nats per example of the
+  step t -> s for s < t (row s = 0 is the decoder term); entries with s >= t are ignored;
+* ``prior``: [T+1] float64, the cost of starting the chain at t (+inf: no prior there);
+* optional ``L_se`` [T+1, T+1] and ``prior_se`` [T+1] float64: Monte Carlo standard
+  errors of each entry;
+* metadata (all strings, as safetensors requires): ``T``, ``dims`` (D, for bits/dim),
+  ``n_samples``, ``split``, ``seed``, ``variance``, ``set_sha256``, ``version`` (the file
+  format version, "1"), ``data``. Only ``T`` and ``dims`` are required when reading.
+
+The negative ELBO of a schedule is prior[tau_K] + sum_i L[tau_{i-1}, tau_i] (Watson et
+al. 2021, Sec. 3); bits/dim = nats / (D ln 2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
+
+from ddpm_tools.core.dp import (
+    check_table,
+    path_cost,
+    solve_all_budgets,
+    solve_schedules,
+    warm_up,
+)
+from ddpm_tools.core.gaussian import nats_to_bpd
+from ddpm_tools.core.strides import even_stride, quadratic_stride
+from ddpm_tools.errors import BadInputError, DdpmToolsError
+from ddpm_tools.fileio import atomic_write_bytes
+from ddpm_tools.progress import ProgressFn
+from ddpm_tools.schedule_file import Schedule
+
+COST_TABLE_VERSION = "1"  # format version written to and accepted from the metadata
+_INT_META = ("n_samples", "seed")
+_STR_META = ("split", "variance", "set_sha256", "data")
+
+
+@dataclass(frozen=True, eq=False)
+class CostTable:
+    """A KL cost table and what it was measured on (DESIGN.md, "Cost table")."""
+
+    L: np.ndarray  # [T+1, T+1] float64, nats per example of step t -> s (s < t)
+    prior: np.ndarray  # [T+1] float64, nats per example of starting at t; +inf: no prior
+    T: int  # number of diffusion steps
+    dims: int  # D, dimensions per example (bits/dim = nats / (D ln 2))
+    L_se: np.ndarray | None = None  # [T+1, T+1] float64 standard error of L, or None
+    prior_se: np.ndarray | None = None  # [T+1] float64 standard error of prior, or None
+    n_samples: int | None = None  # examples averaged per entry
+    split: str | None = None  # data split measured on: "train" | "test"
+    seed: int | None = None  # seed of the noise draws
+    variance: str | None = None  # variance type of the set: fixed_small, fixed_large, ...
+    set_sha256: str | None = None  # sha256 of the checkpoint set's manifest
+    version: str = COST_TABLE_VERSION  # file format version
+    data: str | None = None  # data spec measured on, e.g. "digits"
+
+    def __post_init__(self) -> None:
+        if int(self.T) != self.T or self.T < 1 or int(self.dims) != self.dims or self.dims < 1:
+            raise BadInputError(
+                f"a cost table needs integers T >= 1 and dims >= 1 (got T = {self.T}, "
+                f"dims = {self.dims})"
+            )
+        n = self.T + 1
+        for name, shape in (("L", (n, n)), ("prior", (n,)), ("L_se", (n, n)),
+                            ("prior_se", (n,))):
+            a = getattr(self, name)
+            if a is None:
+                continue
+            if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != shape:
+                got = (a.dtype, a.shape) if isinstance(a, np.ndarray) else type(a).__name__
+                raise BadInputError(
+                    f"cost table field {name} must be a float64 array of shape {shape} "
+                    f"for T = {self.T} (got {got})"
+                )
+
+
+def write_cost_table(path: str | os.PathLike[str], table: CostTable) -> None:
+    """Write ``table`` as one safetensors file at ``path``, atomically."""
+    tensors = {"L": table.L, "prior": table.prior}
+    if table.L_se is not None:
+        tensors["L_se"] = table.L_se
+    if table.prior_se is not None:
+        tensors["prior_se"] = table.prior_se
+    meta = {"T": str(table.T), "dims": str(table.dims), "version": table.version}
+    for key in _INT_META + _STR_META:
+        value = getattr(table, key)
+        if value is not None:
+            meta[key] = str(value)
+    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                  metadata=meta))
+
+
+def read_cost_table(path: str | os.PathLike[str]) -> CostTable:
+    """Read and validate a cost table; every problem is one BadInputError naming the file.
+
+    Checks: a safetensors file; ``L`` and ``prior`` present; every array float64 of the
+    shape metadata ``T`` implies; ``T``/``dims`` integers; no NaN or -inf in the used part
+    of L (s < t) or in prior; at least one finite-cost schedule.
+    """
+    path = Path(path)
+    where = f"cost table {path}"
+    if not path.exists():
+        raise BadInputError(f"{where} does not exist; check the path or build it with cost-table")
+    if not path.is_file():
+        raise BadInputError(f"{where} is a folder, not a file; pass the .safetensors table")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BadInputError(
+            f"{where} is not a safetensors cost table ({e}); build one with cost-table"
+        ) from None
+    for key in ("L", "prior"):
+        if key not in arrays:
+            raise BadInputError(
+                f"{where} has no tensor '{key}' (found {sorted(arrays)}); it is not a cost "
+                "table, build one with cost-table"
+            )
+    version = meta.get("version", COST_TABLE_VERSION)
+    if version != COST_TABLE_VERSION:
+        raise BadInputError(
+            f"{where} has format version {version!r}, this ddpm-tools reads version "
+            f"{COST_TABLE_VERSION!r}; upgrade ddpm-tools or rebuild the table"
+        )
+    T = _required_int(meta, "T", where)
+    dims = _required_int(meta, "dims", where)
+    for name, a in arrays.items():
+        if name in ("L", "L_se", "prior", "prior_se"):
+            _check_array(name, a, T, where)
+    try:
+        table = CostTable(
+            L=arrays["L"], prior=arrays["prior"], T=T, dims=dims,
+            L_se=arrays.get("L_se"), prior_se=arrays.get("prior_se"),
+            n_samples=_meta_int(meta, "n_samples", where),
+            seed=_meta_int(meta, "seed", where),
+            version=version,
+            **{k: meta.get(k) for k in _STR_META},
+        )
+    except DdpmToolsError as e:
+        raise BadInputError(f"{where}: {e}") from None
+    check_table(table.L, table.prior, where)
+    return table
+
+
+def _meta_int(meta: dict[str, str], key: str, where: str) -> int | None:
+    """Integer metadata ``key`` (a string in the file), None if absent."""
+    raw = meta.get(key)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadInputError(
+            f"{where} has metadata {key} = {raw!r}, not an integer; rebuild the table"
+        ) from None
+
+
+def _required_int(meta: dict[str, str], key: str, where: str) -> int:
+    """Integer metadata ``key`` that every cost table must carry."""
+    value = _meta_int(meta, key, where)
+    if value is None:
+        raise BadInputError(
+            f"{where} has no '{key}' in its metadata; it is not a complete cost table, "
+            "rebuild it with cost-table"
+        )
+    return value
+
+
+def _check_array(name: str, a: np.ndarray, T: int, where: str) -> None:
+    """dtype float64 and the shape metadata T implies, else one sentence."""
+    shape = (T + 1,) if name.startswith("prior") else (T + 1, T + 1)
+    if a.dtype != np.float64:
+        raise BadInputError(
+            f"{where} stores {name} as {a.dtype}, but cost tables are float64; rebuild it"
+        )
+    if a.shape != shape:
+        raise BadInputError(
+            f"{where} has {name} of shape {tuple(a.shape)} but its metadata says T = {T}, "
+            f"so {name} must be {shape}; the file is inconsistent, rebuild it"
+        )
+
+
+def predicted_nats(table: CostTable, timesteps: np.ndarray | list[int]) -> float:
+    """The table's negative ELBO of a schedule, nats per example (+inf if a step is +inf).
+
+    prior[tau_K] + sum_i L[tau_{i-1}, tau_i] (Watson et al. 2021, Sec. 3).
+    timesteps: [K+1] from 0, strictly increasing, ending at T or (truncated prior) earlier.
+    """
+    return path_cost(table.L, table.prior, timesteps)
+
+
+def predicted_bpd(table: CostTable, timesteps: np.ndarray | list[int]) -> float:
+    """:func:`predicted_nats` in bits/dim: nats / (dims ln 2)."""
+    return float(nats_to_bpd(predicted_nats(table, timesteps), table.dims))
+
+
+@dataclass(frozen=True, eq=False)
+class BudgetResult:
+    """The DP schedule of one budget next to the two strides, all from one table."""
+
+    schedule: Schedule  # the DP's schedule (method "dp"); .budget, .timesteps, .predicted_bpd
+    predicted_nats: float  # its negative ELBO, nats per example
+    even_bpd: float | None  # even stride's bits/dim; None if it does not exist or is +inf
+    quadratic_bpd: float | None  # quadratic stride's bits/dim; None likewise
+
+
+@dataclass(frozen=True, eq=False)
+class OptimizeResult:
+    """What ``optimize-schedule`` reports for one table."""
+
+    T: int  # diffusion steps of the table
+    dims: int  # D, for bits/dim
+    solve_seconds: float  # wall time of the DP alone (forward pass and back-tracking)
+    results: list[BudgetResult]  # one per budget, in the order asked (or 1..K_max)
+
+
+def optimize_table(
+    table: CostTable, budgets: Sequence[int] | None, *,
+    source: dict[str, str | int | float] | None = None, progress: ProgressFn | None = None,
+) -> OptimizeResult:
+    """Exact DP schedules for ``budgets`` (None: every budget with a finite path), each
+    compared with the even and quadratic strides on the same table.
+
+    ``source`` is recorded in each schedule (with the table's set_sha256, data, split,
+    n_samples, seed and variance when known).
+    """
+    warm_up()  # numba cache load or first compile: not part of solve_seconds
+    start = time.perf_counter()
+    if budgets is None:
+        sols = solve_all_budgets(table.L, table.prior, progress=progress)
+    else:
+        sols = solve_schedules(table.L, table.prior, budgets, progress=progress)
+    solve_seconds = time.perf_counter() - start
+    src: dict[str, str | int | float] = dict(source or {})
+    for key in ("set_sha256", "data", "split", "n_samples", "seed", "variance"):
+        value = getattr(table, key)
+        if value is not None:
+            src.setdefault(key, value)
+    results = []
+    for sol in sols:
+        bpd = float(nats_to_bpd(sol.cost_nats, table.dims))
+        schedule = Schedule(table.T, sol.budget, sol.timesteps, bpd, "dp", src)
+        results.append(BudgetResult(
+            schedule, sol.cost_nats,
+            _stride_bpd(table, even_stride, sol.budget),
+            _stride_bpd(table, quadratic_stride, sol.budget),
+        ))
+    return OptimizeResult(table.T, table.dims, solve_seconds, results)
+
+
+def _stride_bpd(
+    table: CostTable, stride: Callable[[int, int], np.ndarray], K: int
+) -> float | None:
+    """Bits/dim of a stride, None where it does not exist (K > T) or costs +inf."""
+    if K > table.T:
+        return None
+    bpd = predicted_bpd(table, stride(table.T, K))
+    return bpd if math.isfinite(bpd) else None

@@ -1,0 +1,23 @@
+"""The end-to-end demo on the built-in data (``ddpm-tools demo``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ddpm_tools.demo.report import write_report
+from ddpm_tools.demo.run import DemoConfig, run_plan
+from ddpm_tools.fileio import ensure_writable_dir
+from ddpm_tools.progress import ProgressFn
+
+__all__ = ["DemoConfig", "run_demo"]
+
+
+def run_demo(cfg: DemoConfig, out: str | Path = "report",
+             progress: ProgressFn | None = None) -> Path:
+    """Run every stage for every data set and write the report; returns report.md."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    ensure_writable_dir(out)
+    results = {plan.data: run_plan(plan, cfg, out, progress) for plan in cfg.plans()}
+    return write_report(out, results, time.perf_counter() - t0, cfg.quick)

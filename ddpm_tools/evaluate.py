@@ -1,0 +1,115 @@
+"""Bits/dim of any schedule on held-out data: an unbiased Monte Carlo negative ELBO.
+
+For a schedule 0 = tau_0 < ... < tau_K = T (Watson et al. 2021, eq. (3)):
+    -ELBO(x_0) = KL(q(x_T|x_0) || N(0, I))                       (prior)
+               + sum_{i >= 2} E KL(q(x_{tau_{i-1}}|x_{tau_i}, x_0) || p(.|x_{tau_i}))   (steps)
+               + E -log p(x_0 | x_{tau_1})                        (decoder)
+Each expectation is estimated with one x_t ~ q(x_t | x_0) per example and time, as
+improved-diffusion's ``calc_bpd_loop`` does. The noise comes from a stream of its own
+(:data:`ddpm_tools.costs.EVAL_STREAM`), so it is independent of the cost table's; all
+schedules evaluated together share the examples and the x_t at every common t, so
+their per-example differences are paired and have their own standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddpm_tools.core.diffusion import q_sample
+from ddpm_tools.core.gaussian import prior_kl
+from ddpm_tools.core.strides import check_timesteps
+from ddpm_tools.costs import EVAL_STREAM, noise_for, select_examples, step_costs
+from ddpm_tools.data import DataSplit
+from ddpm_tools.errors import BadInputError
+from ddpm_tools.progress import ProgressFn, report
+from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
+
+
+@dataclass(frozen=True)
+class ScheduleEval:
+    """Bits/dim of one schedule on one split, with its decomposition."""
+
+    label: str  # how the schedule was given (dp:32, even:8, full, a file name)
+    budget: int  # K, network calls per sample
+    timesteps: list[int]  # 0 = tau_0 < ... < tau_K
+    n: int  # examples
+    bpd: float  # negative ELBO in bits/dim (mean over examples)
+    bpd_se: float  # its standard error
+    prior_bpd: float  # prior term, bits/dim
+    steps_bpd: float  # sum of the KL steps with s >= 1, bits/dim
+    decoder_bpd: float  # decoder term, bits/dim
+    diff_bpd: float | None  # paired difference to the first schedule, bits/dim
+    diff_se: float | None  # standard error of that difference
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np.ndarray]],
+             samples: int | None = None, seed: int = 0, batch_size: int = 256,
+             device: torch.device | str = "cpu", progress: ProgressFn | None = None
+             ) -> list[ScheduleEval]:
+    """Evaluate every schedule on the same examples and noise; see the module docstring.
+
+    ``schedules``: (label, timesteps [K+1]) pairs, each 0 = tau_0 < ... < tau_K = T.
+    ``samples``: examples of the split used (None: all of them).
+    """
+    if not schedules:
+        raise BadInputError("give at least one --schedule")
+    T = cset.T
+    if tuple(data.shape) != cset.manifest.data.shape:
+        raise BadInputError(f"data {data.name} has shape {data.shape}, the set at {cset.path} "
+                            f"was trained on {cset.manifest.data.shape}")
+    taus = [check_timesteps(ts, T) for _, ts in schedules]
+    x0_all = select_examples(data, samples or data.n, seed)
+    n, dims = x0_all.shape[0], data.dims
+    dev = torch.device(device)
+
+    # 1. the prior term, per example (closed form)
+    prior = prior_kl(x0_all, float(cset.schedule.log_alpha_bar[T])).reshape(n, -1).sum(1)
+    prior_np = prior.numpy()
+    steps = np.zeros((len(schedules), n))
+    decoder = np.zeros((len(schedules), n))
+
+    # 2. which (schedule, s) pairs need the network at each t
+    uses: dict[int, list[tuple[int, int]]] = {}
+    for j, tau in enumerate(taus):
+        for i in range(1, len(tau)):
+            uses.setdefault(int(tau[i]), []).append((j, int(tau[i - 1])))
+
+    # 3. one x_t and one network call per example and t, shared by all schedules
+    den = Denoiser(cset, device=dev)
+    for k, t in enumerate(sorted(uses)):
+        pairs = uses[t]
+        s_arr = np.array([s for _, s in pairs], dtype=np.int64)
+        eps = noise_for(t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)
+        cost = np.empty((n, len(pairs)))
+        for a in range(0, n, batch_size):
+            xb = x0_all[a : a + batch_size].to(dev)
+            tb = np.full(xb.shape[0], t, dtype=np.int64)
+            x_t = q_sample(cset.schedule, xb, tb, eps[a : a + batch_size].to(dev))
+            pred = den(x_t, tb)
+            cost[a : a + xb.shape[0]] = step_costs(cset, t, s_arr, xb, pred.x0_hat,
+                                                   pred.v).cpu().numpy()
+        for col, (j, s) in enumerate(pairs):
+            (decoder if s == 0 else steps)[j] += cost[:, col]
+        report(progress, "eval-bpd (over t)", k + 1, len(uses))
+
+    # 4. reduce: bits/dim with standard errors, paired differences to the first schedule
+    to_bpd = 1.0 / (dims * math.log(2.0))
+    totals = prior_np[None, :] + steps + decoder
+    out = []
+    for j, (label, _) in enumerate(schedules):
+        m, se = _mean_se(totals[j] * to_bpd)
+        d, dse = _mean_se((totals[j] - totals[0]) * to_bpd) if j > 0 else (None, None)
+        out.append(ScheduleEval(
+            label=label, budget=len(taus[j]) - 1, timesteps=[int(x) for x in taus[j]], n=n,
+            bpd=m, bpd_se=se, prior_bpd=float(prior_np.mean() * to_bpd),
+            steps_bpd=float(steps[j].mean() * to_bpd),
+            decoder_bpd=float(decoder[j].mean() * to_bpd), diff_bpd=d, diff_se=dse))
+    return out

@@ -1,0 +1,62 @@
+"""Schedules named on the command line: ``FILE``, ``dp:K``, ``even:K``, ``quadratic:K``, ``full``.
+
+``dp:K`` runs the exact DP on the set's cached train-split cost table (built first if
+needed), so a schedule is never chosen on the data it is scored on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ddpm_tools.core.dp import solve_schedules
+from ddpm_tools.core.strides import check_timesteps, even_stride, quadratic_stride
+from ddpm_tools.cost_table import cached_cost_table
+from ddpm_tools.costs import CostSettings
+from ddpm_tools.errors import BadInputError
+from ddpm_tools.progress import ProgressFn
+from ddpm_tools.schedule_file import read_schedule
+
+SPEC_HELP = ("A schedule JSON file, dp:K (exact DP on the set's train-split cost table), "
+             "even:K, quadratic:K or full (all T steps).")
+
+
+@dataclass(frozen=True)
+class CostSource:
+    """Which cost table ``dp:K`` uses: the set's, fitted on the train split."""
+
+    data: str  # data spec of the set
+    settings: CostSettings  # examples and seed of the table
+    device: str = "cpu"  # where the table is built if it is not cached yet
+
+
+def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
+                     progress: ProgressFn | None = None) -> tuple[str, np.ndarray]:
+    """(label, timesteps [K+1]) for one ``--schedule`` value."""
+    spec = spec.strip()
+    if spec == "full":
+        return "full", np.arange(T + 1, dtype=np.int64)
+    m = re.fullmatch(r"(dp|even|quadratic):(\d+)", spec)
+    if m:
+        kind, K = m.group(1), int(m.group(2))
+        if not 1 <= K <= T:
+            raise BadInputError(f"--schedule {spec}: the budget must be between 1 and T = {T}")
+        if kind == "even":
+            return spec, even_stride(T, K)
+        if kind == "quadratic":
+            return spec, quadratic_stride(T, K)
+        table, _ = cached_cost_table(set_dir, costs.data, "train", costs.settings,
+                                     device=costs.device, progress=progress)
+        return spec, solve_schedules(table.L, table.prior, [K])[0].timesteps
+    path = Path(spec)
+    if not path.exists():
+        raise BadInputError(f"--schedule {spec!r} is neither a file nor one of dp:K, even:K, "
+                            "quadratic:K, full")
+    sched = read_schedule(path)
+    if sched.T != T:
+        raise BadInputError(f"schedule {path} is for T = {sched.T} but the set has T = {T}; "
+                            "optimize a schedule for this set")
+    return path.name, check_timesteps(sched.timesteps, T)

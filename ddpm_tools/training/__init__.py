@@ -1,0 +1,1 @@
+"""Training: losses of a DDPM network (and, later, the training loop)."""

@@ -1,0 +1,131 @@
+"""Training every member of a set: worker processes on one machine, or torchrun ranks.
+
+Members are independent (Haxholli & Lorenzi 2023), so ``train_set`` spreads them
+over ``workers`` processes (each with its share of the CPU threads); under torchrun,
+:func:`torchrun_members` gives rank r the members r, r + W, r + 2W, ...
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpm_tools.data import load_data
+from ddpm_tools.errors import BadInputError, CheckpointError
+from ddpm_tools.progress import ProgressFn
+from ddpm_tools.sets.manifest import read_manifest
+from ddpm_tools.training.config import TrainConfig
+from ddpm_tools.training.trainer import MemberResult, train_member
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_train(set_dir: str, index: int, steps: int | None, device: str,
+                  events: Any) -> MemberResult:
+    """Runs in a worker process; progress events go back through a queue."""
+    def progress(task: str, done: int, total: int, **info: float) -> None:
+        events.put((task, done, total, info))
+
+    return train_member(set_dir, index, steps=steps, device=device, progress=progress)
+
+
+def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | None = None,
+              device: str = "cpu", progress: ProgressFn | None = None,
+              members: list[int] | None = None) -> list[MemberResult]:
+    """Train ``members`` (default: all) of the set, ``workers`` at a time.
+
+    ``workers = 1`` trains in this process. More workers use spawned processes, each
+    with ``cpu_count // workers`` torch threads; members are handed out as workers free
+    up. Already trained members are skipped; interrupted ones resume.
+    """
+    set_dir = Path(set_dir)
+    man = read_manifest(set_dir)
+    todo = list(range(len(man.members))) if members is None else members
+    if workers < 1:
+        raise BadInputError("--workers must be at least 1")
+    if workers == 1 or len(todo) == 1:
+        cfg = TrainConfig.from_json(man.training)
+        data = load_data(man.data.name, "train", seed=cfg.seed)
+        return [train_member(set_dir, i, steps=steps, device=device, progress=progress,
+                             data=data) for i in todo]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    with mp.Manager() as manager:
+        events = manager.Queue()
+        stop = threading.Event()
+
+        def drain() -> None:
+            while not stop.is_set() or not events.empty():
+                try:
+                    task, done, total, info = events.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if progress is not None:
+                    progress(task, done, total, **info)
+
+        pump = threading.Thread(target=drain, daemon=True)
+        pump.start()
+        try:
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                     initializer=_worker_init, initargs=(threads,)) as pool:
+                futures = [pool.submit(_worker_train, str(set_dir), i, steps, device, events)
+                           for i in todo]
+                results = [f.result() for f in futures]
+        finally:
+            stop.set()
+            pump.join()
+    return results
+
+
+def torchrun_members(n_members: int) -> tuple[int, int, list[int]]:
+    """(rank, world size, this rank's members r, r+W, ...) from torchrun's environment."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        raise BadInputError(
+            "--member auto needs torchrun (RANK and WORLD_SIZE are not set); run it as "
+            "torchrun --nproc-per-node N -m ddpm_tools.cli.main train-interval --member auto, "
+            "or pass a member index"
+        ) from None
+    return rank, world, list(range(rank, n_members, world))
+
+
+def torchrun_train(set_dir: str | os.PathLike[str], steps: int | None, device: str,
+                   progress: ProgressFn | None = None) -> tuple[int, list[MemberResult]]:
+    """Train this rank's members, wait for every rank, and let rank 0 check the set.
+
+    Returns (rank, results). Uses the gloo backend for the barrier only (no gradients
+    cross ranks: members are independent).
+    """
+    import torch.distributed as dist
+
+    man = read_manifest(set_dir)
+    rank, world, mine = torchrun_members(len(man.members))
+    started = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+        started = True
+    try:
+        results = train_set(set_dir, workers=1, steps=steps, device=device, progress=progress,
+                            members=mine) if mine else []
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            final = read_manifest(set_dir)
+            missing = [m.index for m in final.members if m.sha256 is None]
+            if missing:
+                raise CheckpointError(f"after all ranks finished, members {missing} of "
+                                      f"{set_dir} have no weights; rerun train-interval")
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return rank, results

@@ -1,0 +1,272 @@
+"""Training one member of a checkpoint set, resumably (parallel score matching).
+
+Haxholli & Lorenzi 2023: each member is an independent network trained only on its
+own times t in [t_lo, t_hi]; members never communicate, so they train in parallel.
+
+Resumability: every ``checkpoint_every`` steps (and at the end) the whole training
+state -- weights, EMA weights, Adam moments, the data/noise generator, torch's global
+RNG (dropout), the step and the loss window -- is written atomically to one
+safetensors file ``ckpt/member_XXXX.ckpt.safetensors``. A rerun restores it and
+continues; on the CPU the result is bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from ddpm_tools.core.diffusion import q_sample
+from ddpm_tools.data import DataSplit, load_data
+from ddpm_tools.errors import BadInputError, CheckpointError
+from ddpm_tools.fileio import atomic_write_bytes, sha256_file
+from ddpm_tools.progress import ProgressFn, report
+from ddpm_tools.sets.denoiser import build_member
+from ddpm_tools.sets.manifest import (
+    MemberState,
+    SetManifest,
+    read_manifest,
+    update_manifest,
+    with_member,
+)
+from ddpm_tools.training.config import TrainConfig
+from ddpm_tools.training.losses import diffusion_loss
+
+CKPT_FORMAT = "ddpm-tools/train-checkpoint"
+LOSS_WINDOW = 100  # steps averaged into the reported final loss
+SEED_STRIDE = 1_000_003  # member i's stream: seed * SEED_STRIDE + i
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """Outcome of training one member."""
+
+    index: int  # member index
+    t_lo: int  # first time owned
+    t_hi: int  # last time owned
+    steps_done: int  # steps completed in total (over resumed runs)
+    final_loss: float | None  # mean loss over the last LOSS_WINDOW steps
+    seconds: float  # wall-clock time in total (over resumed runs)
+    skipped: bool  # True if the member was already trained to its target
+
+
+def checkpoint_path(set_dir: Path, index: int) -> Path:
+    """Where member ``index``'s resumable training state lives."""
+    return set_dir / "ckpt" / f"member_{index:04d}.ckpt.safetensors"
+
+
+@dataclass
+class _State:
+    net: torch.nn.Module
+    ema: dict[str, torch.Tensor]
+    opt: torch.optim.Adam
+    gen: torch.Generator
+    global_rng: torch.Tensor
+    step: int
+    losses: list[float]
+    seconds: float
+
+
+def _save_checkpoint(path: Path, st: _State, index: int) -> None:
+    """All training state in one safetensors file, written atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in st.net.state_dict().items():
+        tensors[f"net/{k}"] = v.detach().cpu().clone().contiguous()
+    for k, v in st.ema.items():
+        tensors[f"ema/{k}"] = v.detach().cpu().clone().contiguous()
+    for i, s in st.opt.state_dict()["state"].items():
+        for k, v in s.items():
+            tensors[f"opt/{i}/{k}"] = torch.as_tensor(v).detach().cpu().clone().contiguous()
+    tensors["rng/gen"] = st.gen.get_state().clone()
+    tensors["rng/global"] = st.global_rng.clone()
+    meta = {"format": CKPT_FORMAT, "member": str(index), "step": str(st.step),
+            "seconds": repr(st.seconds), "losses": json.dumps(st.losses)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def _load_checkpoint(path: Path, st: _State, index: int) -> None:
+    """Restore ``st`` in place from a checkpoint written by :func:`_save_checkpoint`."""
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"training checkpoint {path} is unreadable ({e}); delete it to "
+                              "restart this member from scratch") from None
+    if meta.get("format") != CKPT_FORMAT or meta.get("member") != str(index):
+        raise CheckpointError(f"{path} is not a training checkpoint of member {index}; "
+                              "delete it to restart this member")
+    try:
+        st.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net/")})
+        st.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt/"):
+                _, i, name = k.split("/", 2)
+                opt_state.setdefault(int(i), {})[name] = v
+        groups = st.opt.state_dict()["param_groups"]
+        st.opt.load_state_dict({"state": opt_state, "param_groups": groups})
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"training checkpoint {path} does not fit this member ({e}); "
+                              "delete it to restart the member") from None
+    st.gen.set_state(tensors["rng/gen"])
+    st.global_rng = tensors["rng/global"]
+    st.step = int(meta["step"])
+    st.seconds = float(meta["seconds"])
+    st.losses = json.loads(meta["losses"])
+
+
+def _ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int
+                ) -> None:
+    """ema <- d ema + (1 - d) theta, with d = min(decay, (1 + step) / (10 + step)) warm-up."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                ema[k].copy_(v)
+
+
+def train_member(
+    set_dir: str | os.PathLike[str],
+    index: int,
+    steps: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
+    data: DataSplit | None = None,
+    stop_after: int | None = None,
+) -> MemberResult:
+    """Train member ``index`` of the set at ``set_dir`` up to ``steps`` (default: the
+    set's configured steps), resuming from its checkpoint if one exists.
+
+    ``data`` may pass the already-loaded train split; ``stop_after`` stops (with a
+    checkpoint) after that many steps of this call -- used to test resumption.
+    """
+    set_dir = Path(set_dir)
+    man = read_manifest(set_dir)
+    if not 0 <= index < len(man.members):
+        raise BadInputError(f"--member {index} does not exist; {set_dir} has members "
+                            f"0..{len(man.members) - 1}")
+    member = man.members[index]
+    cfg = TrainConfig.from_json(man.training)
+    target = steps if steps is not None else cfg.steps
+    if target < 1:
+        raise BadInputError("--steps must be at least 1")
+    if member.sha256 is not None and member.state.steps_done >= target:
+        return MemberResult(index, member.t_lo, member.t_hi, member.state.steps_done,
+                            member.state.final_loss, member.state.seconds, skipped=True)
+    if data is None:
+        data = load_data(man.data.name, "train", seed=cfg.seed)
+    if tuple(data.shape) != man.data.shape:
+        raise BadInputError(f"data {data.name} has shape {data.shape}, the set was made for "
+                            f"{man.data.shape}")
+    dev = torch.device(device)
+    x_all = torch.as_tensor(data.x, dtype=torch.float32, device=dev)
+
+    member_seed = cfg.seed * SEED_STRIDE + index
+    with torch.random.fork_rng(devices=[]):  # initial weights from the member's own seed
+        torch.manual_seed(member_seed)
+        net = build_member(man, member).to(dev)
+    gen = torch.Generator(device="cpu").manual_seed(member_seed)
+    st = _State(net=net, ema={k: v.detach().clone() for k, v in net.state_dict().items()},
+                opt=torch.optim.Adam(net.parameters(), lr=cfg.lr), gen=gen,
+                global_rng=torch.Generator().manual_seed(member_seed + 1).get_state(),
+                step=0, losses=[], seconds=0.0)
+    ckpt = checkpoint_path(set_dir, index)
+    if ckpt.exists():
+        _load_checkpoint(ckpt, st, index)
+        st.ema = {k: v.to(dev) for k, v in st.ema.items()}
+    task = f"member {index} [t {member.t_lo}..{member.t_hi}]"
+    _run_steps(man, member.t_lo, member.t_hi, cfg, st, x_all, target, ckpt, index, task,
+               progress, stop_after)
+    if st.step < target:  # stopped early on request: checkpoint saved, manifest untouched
+        return MemberResult(index, member.t_lo, member.t_hi, st.step, None, st.seconds, False)
+    return _finish(set_dir, man, index, cfg, st, target)
+
+
+def _run_steps(man: SetManifest, t_lo: int, t_hi: int, cfg: TrainConfig, st: _State,
+               x_all: torch.Tensor, target: int, ckpt: Path, index: int, task: str,
+               progress: ProgressFn | None, stop_after: int | None) -> None:
+    """The optimisation loop: t ~ U{t_lo..t_hi}, x_t ~ q(x_t | x_0), loss, Adam, EMA."""
+    dev = x_all.device
+    n = x_all.shape[0]
+    start_step, t0 = st.step, time.perf_counter()
+    seconds0 = st.seconds
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(st.global_rng)
+        st.net.train()
+        while st.step < target:
+            if stop_after is not None and st.step - start_step >= stop_after:
+                break
+            idx = torch.randint(n, (min(cfg.batch_size, n),), generator=st.gen)
+            t = torch.randint(t_lo, t_hi + 1, (idx.shape[0],), generator=st.gen)
+            x0 = x_all[idx.to(dev)]
+            noise = torch.randn(x0.shape, generator=st.gen).to(dev)
+            t_np = t.numpy()
+            x_t = q_sample(man.schedule, x0, t_np, noise)
+            out = st.net(x_t, t.to(dev))
+            loss = diffusion_loss(man.schedule, out, x0, x_t, t_np, noise, man.prediction,
+                                  man.variance, man.data.levels, cfg.vlb_weight).mean()
+            st.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(st.net.parameters(), cfg.grad_clip)
+            st.opt.step()
+            _ema_update(st.ema, st.net, cfg.ema, st.step)
+            st.step += 1
+            st.losses = (st.losses + [float(loss.detach())])[-LOSS_WINDOW:]
+            if not np.isfinite(st.losses[-1]):
+                raise BadInputError(f"training of member {index} diverged (loss is "
+                                    f"{st.losses[-1]}) at step {st.step}; lower --lr")
+            elapsed = time.perf_counter() - t0
+            st.seconds = seconds0 + elapsed
+            if st.step % 10 == 0 or st.step == target:
+                report(progress, task, st.step, target, loss=float(np.mean(st.losses)),
+                       it_s=(st.step - start_step) / max(elapsed, 1e-9))
+            if st.step % cfg.checkpoint_every == 0 or st.step == target:
+                st.global_rng = torch.get_rng_state()
+                _save_checkpoint(ckpt, st, index)
+        st.global_rng = torch.get_rng_state()
+    if stop_after is not None and st.step < target:
+        _save_checkpoint(ckpt, st, index)
+
+
+def _finish(set_dir: Path, man: SetManifest, index: int, cfg: TrainConfig, st: _State,
+            target: int) -> MemberResult:
+    """Write the final weights (EMA if enabled) atomically and record them in the manifest."""
+    member = man.members[index]
+    final = st.ema if cfg.ema > 0 else st.net.state_dict()
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in final.items()}
+    path = set_dir / member.weights
+    # one metadata key: safetensors orders several keys arbitrarily, which would make
+    # the file's sha256 differ between identical runs
+    meta = {"ddpm_tools": json.dumps({"member": index, "steps": st.step})}
+    atomic_write_bytes(path, save(weights, metadata=meta))
+    digest = sha256_file(path)
+    final_loss = float(np.mean(st.losses)) if st.losses else None
+    state = MemberState(steps_done=st.step, steps_target=target, final_loss=final_loss,
+                        seconds=st.seconds)
+    def record(m: SetManifest) -> SetManifest:
+        return with_member(m, index, sha256=digest, state=state)
+
+    update_manifest(set_dir, record)
+    return MemberResult(index, member.t_lo, member.t_hi, st.step, final_loss, st.seconds,
+                        skipped=False)
+
+
+def member_result_from_manifest(man: SetManifest, index: int) -> MemberResult:
+    """A MemberResult describing what the manifest records for member ``index``."""
+    m = man.members[index]
+    return MemberResult(index, m.t_lo, m.t_hi, m.state.steps_done, m.state.final_loss,
+                        m.state.seconds, skipped=True)
+

@@ -1,0 +1,155 @@
+"""numba kernels against plain numpy references (random T = 300 tables, every k)."""
+
+import numpy as np
+import pytest
+
+from ddpm_tools.core import kernels
+
+T = 300
+
+
+def numpy_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """C[t, k], bp[t, k] by broadcasting: C[k] = min_s C[k-1, s] + L[s, :] (first argmin)."""
+    n = L.shape[0]
+    Lm = np.where(np.triu(np.ones((n, n), dtype=bool), 1), L, np.inf)
+    C = np.full((K + 1, n), np.inf)
+    C[0, 0] = 0.0
+    bp = np.zeros((K + 1, n), dtype=np.int64)
+    for k in range(1, K + 1):
+        M = C[k - 1][:, None] + Lm
+        bp[k] = M.argmin(axis=0)
+        C[k] = M.min(axis=0)
+    return C.T, bp.T
+
+
+def random_table(seed: int, n: int = T + 1, inf_frac: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    L = rng.random((n, n))
+    L[rng.random((n, n)) < inf_frac] = np.inf
+    L[np.tril_indices(n)] = np.nan  # s >= t is never read
+    return L
+
+
+def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16):
+    n = L.shape[0]
+    C = np.full((n, K + 1), np.inf)
+    C[0, 0] = 0.0
+    bp = np.zeros((n, K + 1), dtype=dtype)
+    edges = [0, *[c for c in chunks if c is not None], n - 1]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        kernels.dp_relax_rows(L, C, bp, lo, hi, 0, n, block)
+    return C, bp
+
+
+@pytest.mark.parametrize("seed,inf_frac", [(0, 0.0), (1, 0.3)])
+def test_forward_equals_numpy_for_every_k(seed, inf_frac):
+    L = random_table(seed, inf_frac=inf_frac)
+    C_ref, bp_ref = numpy_forward(L, T)
+    C, bp = kernel_forward(L, T)
+    assert np.array_equal(C, C_ref)  # bit for bit: same additions, same minimum
+    reachable = np.isfinite(C_ref)
+    assert np.array_equal(bp[reachable], bp_ref[reachable])
+
+
+@pytest.mark.parametrize("block,chunks", [(1, (None,)), (7, (5, 123)), (300, (299,))])
+def test_forward_independent_of_blocking_and_chunks(block, chunks):
+    L = random_table(2)
+    C0, bp0 = kernel_forward(L, 40)
+    C, bp = kernel_forward(L, 40, block=block, chunks=chunks)
+    assert np.array_equal(C, C0) and np.array_equal(bp, bp0)
+
+
+def test_forward_target_ranges_in_any_order():
+    """A chunk's own triangle first, then its later targets in disjoint ranges, any order
+    (what the threads of dp._forward do)."""
+    L = random_table(7)
+    n = L.shape[0]
+    C0, bp0 = kernel_forward(L, 60)
+    C = np.full((n, 61), np.inf)
+    C[0, 0] = 0.0
+    bp = np.zeros((n, 61), dtype=np.int16)
+    for lo in range(0, n - 1, 50):
+        hi = min(lo + 50, n - 1)
+        kernels.dp_relax_rows(L, C, bp, lo, hi, lo, hi, 16)
+        edges = [hi, (hi + n) // 2, n - 3, n]
+        for a, b in reversed(list(zip(edges[:-1], edges[1:], strict=True))):
+            kernels.dp_relax_rows(L, C, bp, lo, hi, a, b, 16)
+    assert np.array_equal(C, C0) and np.array_equal(bp, bp0)
+
+
+def test_forward_small_budget_matches_prefix_of_full():
+    L = random_table(3)
+    C_full, bp_full = kernel_forward(L, T)
+    C, bp = kernel_forward(L, 12)
+    assert np.array_equal(C, C_full[:, :13]) and np.array_equal(bp, bp_full[:, :13])
+
+
+def test_forward_int32_back_pointers():
+    L = random_table(4, n=40)
+    C16, bp16 = kernel_forward(L, 39)
+    C32, bp32 = kernel_forward(L, 39, dtype=np.int32)
+    assert np.array_equal(C16, C32) and np.array_equal(bp16, bp32.astype(np.int16))
+
+
+def test_ties_take_smallest_s():
+    L = np.ones((9, 9))
+    C, bp = kernel_forward(L, 8)
+    # C[t, k] = k for every reachable (t, k); the smallest valid predecessor is k - 1
+    for t in range(1, 9):
+        for k in range(1, t + 1):
+            assert C[t, k] == k and bp[t, k] == k - 1
+
+
+def test_scan_table_reach_and_first_bad_entry():
+    rng = np.random.default_rng(5)
+    n = 60
+    L = rng.random((n, n))
+    L[rng.random((n, n)) < 0.7] = np.inf
+    L[np.tril_indices(n)] = np.nan
+    reach = np.empty(n, dtype=np.int64)
+    assert kernels.scan_table(L, reach) == (-1, -1)
+    ref = np.full(n, -1)
+    ref[0] = 0
+    for t in range(1, n):
+        for s in range(t):
+            if ref[s] >= 0 and np.isfinite(L[s, t]):
+                ref[t] = max(ref[t], ref[s] + 1)
+    assert np.array_equal(reach, ref)
+    L[7, 30] = np.nan
+    L[9, 12] = -np.inf
+    L[20, 21] = np.nan
+    assert kernels.scan_table(L, reach) == (7, 30)
+
+
+def test_best_ends_and_backtrack():
+    L = random_table(6, n=50)
+    C, bp = kernel_forward(L, 49)
+    prior = np.random.default_rng(6).random(50) * 3
+    budgets = np.arange(1, 50, dtype=np.int64)
+    ends = np.empty(49, dtype=np.int64)
+    costs = np.empty(49)
+    kernels.dp_best_ends(C, prior, budgets, ends, costs)
+    for j, K in enumerate(budgets):
+        total = C[:, K] + prior
+        assert ends[j] == np.argmin(total) and costs[j] == total.min()
+        tau = np.empty(K + 1, dtype=np.int64)
+        kernels.dp_backtrack(bp, ends[j], tau)
+        assert tau[0] == 0 and tau[-1] == ends[j] and (np.diff(tau) > 0).all()
+        steps = L[tau[:-1], tau[1:]]
+        assert np.cumsum(steps)[-1] + prior[ends[j]] == costs[j]
+
+
+def test_numba_cache_dir_falls_back_to_user_folder(tmp_path, monkeypatch):
+    import numba
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "placeholder")  # so the undo also removes ours
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)  # restored after
+    monkeypatch.setattr(kernels.os, "access", lambda *a: True)
+    kernels._set_numba_cache_dir()  # package folder writable: numba's default stays
+    assert "NUMBA_CACHE_DIR" not in kernels.os.environ
+    monkeypatch.setattr(kernels.os, "access", lambda *a: False)
+    kernels._set_numba_cache_dir()
+    want = str(tmp_path / "ddpm-tools" / "numba")
+    assert kernels.os.environ["NUMBA_CACHE_DIR"] == want and numba.config.CACHE_DIR == want

@@ -1,0 +1,158 @@
+"""Training: resume is bit-identical, crash-safe checkpoints, CLI end to end, many members."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import ddpm_tools.fileio as fileio
+from ddpm_tools.cli.main import app
+from ddpm_tools.data import load_data
+from ddpm_tools.models import MLPConfig
+from ddpm_tools.sets import Denoiser, load_set, read_manifest
+from ddpm_tools.training.config import TrainConfig
+from ddpm_tools.training.create import SetSpec, build_manifest, create_set
+from ddpm_tools.training.trainer import checkpoint_path, train_member
+
+SMALL = MLPConfig(hidden=32, depth=2, time_dim=16)
+
+
+def _new_set(path, steps=20, every=5, variance="fixed_small", intervals=2, T=30):
+    cfg = TrainConfig(steps=steps, batch_size=32, lr=1e-3, ema=0.9, checkpoint_every=every,
+                      seed=3)
+    spec = SetSpec(intervals=intervals, T=T, schedule="cosine", variance=variance)
+    create_set(path, build_manifest(spec, load_data("moons", "train", seed=3), cfg,
+                                    arch_config=SMALL))
+    return path
+
+
+def _weights(path, member=0):
+    return load_file(str(path / read_manifest(path).members[member].weights))
+
+
+@pytest.mark.parametrize("variance", ["fixed_small", "learned_range"])
+def test_resume_is_bit_identical_to_uninterrupted(tmp_path, variance):
+    a = _new_set(tmp_path / "a", variance=variance)
+    b = _new_set(tmp_path / "b", variance=variance)
+    train_member(a, 1)
+    r = train_member(b, 1, stop_after=7)  # "killed" after 7 steps (checkpoint at 5 and 7)
+    assert r.steps_done == 7 and read_manifest(b).members[1].sha256 is None
+    r = train_member(b, 1)  # resumes
+    assert r.steps_done == 20
+    wa, wb = _weights(a, 1), _weights(b, 1)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ma, mb = read_manifest(a).members[1], read_manifest(b).members[1]
+    assert ma.sha256 == mb.sha256 and ma.state.final_loss == mb.state.final_loss
+
+
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    p = _new_set(tmp_path / "s", steps=20, every=5)
+    ref = _new_set(tmp_path / "ref", steps=20, every=5)
+    train_member(ref, 0)
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint (step 10) dies mid-write
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        train_member(p, 0)
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
+    ck = checkpoint_path(p, 0)
+    assert not [f for f in ck.parent.iterdir() if f.name.endswith(".tmp")]  # no debris
+    from safetensors import safe_open
+    with safe_open(str(ck), framework="pt") as f:
+        assert f.metadata()["step"] == "5"  # the previous checkpoint, intact
+    train_member(p, 0)  # resumes from step 5
+    for k, v in _weights(ref, 0).items():
+        assert torch.equal(v, _weights(p, 0)[k])
+
+
+def test_train_cli_intervals_1_and_4_end_to_end(tmp_path):
+    runner = CliRunner()
+    for n in (1, 4):
+        out = tmp_path / f"set{n}"
+        res = runner.invoke(app, ["train", "--data", "8gaussians", "--out", str(out),
+                                  "--intervals", str(n), "--steps", "30", "--T", "40",
+                                  "--schedule", "cosine", "--workers", "1", "--batch-size",
+                                  "64", "--json"])
+        assert res.exit_code == 0, res.output
+        rep = json.loads(res.stdout)
+        assert [m["t_lo"] for m in rep["members"]][0] == 1 and len(rep["members"]) == n
+        assert all(m["steps"] == 30 and np.isfinite(m["final_loss"]) for m in rep["members"])
+        cset = load_set(out)
+        assert len(cset.manifest.members) == n and cset.manifest.members[-1].t_hi == 40
+        res = runner.invoke(app, ["inspect", str(out), "--json"])
+        assert res.exit_code == 0, res.output
+        assert all(m["status"] == "ok" for m in json.loads(res.stdout)["members"])
+    # rerunning the same command reuses the trained set
+    res = runner.invoke(app, ["train", "--data", "8gaussians", "--out", str(tmp_path / "set4"),
+                              "--intervals", "4", "--steps", "30", "--T", "40", "--schedule",
+                              "cosine", "--workers", "1", "--batch-size", "64", "--json"])
+    assert res.exit_code == 0 and all(m["skipped"] for m in json.loads(res.stdout)["members"])
+
+
+def test_train_into_a_set_with_other_settings_is_refused(tmp_path):
+    runner = CliRunner()
+    args = ["train", "--data", "moons", "--out", str(tmp_path / "s"), "--steps", "2", "--T",
+            "30", "--schedule", "cosine", "--workers", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, args[:-2] + ["--intervals", "3", "--workers", "1"])
+    assert res.exit_code == 2 and "different settings" in res.output
+
+
+def test_two_hundred_one_step_members_train_and_route(tmp_path):
+    p = _new_set(tmp_path / "s", steps=1, every=1, intervals=200, T=200)
+    from ddpm_tools.training.parallel import train_set
+    train_set(p, workers=1)
+    cset = load_set(p)
+    assert len(cset.manifest.members) == 200
+    assert all(m.t_lo == m.t_hi == m.index + 1 for m in cset.manifest.members)
+    den = Denoiser(cset, max_loaded=8)
+    t = np.array([1, 200, 57, 58, 57])
+    out = den(torch.zeros(5, 2), t)
+    assert out.x0_hat.shape == (5, 2) and torch.isfinite(out.x0_hat).all()
+    assert torch.equal(out.x0_hat[2], out.x0_hat[4])  # same member, same input
+    assert not torch.equal(out.x0_hat[2], out.x0_hat[3])  # neighbouring members differ
+
+
+def test_train_interval_cli_member_and_torchrun_auto(tmp_path, monkeypatch):
+    p = _new_set(tmp_path / "s", steps=4, every=2, intervals=3)
+    runner = CliRunner()
+    res = runner.invoke(app, ["train-interval", "--set", str(p), "--member", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(p).members
+    assert m[1].sha256 is not None and m[0].sha256 is None
+    res = runner.invoke(app, ["train-interval", "--set", str(p), "--member", "7"])
+    assert res.exit_code == 2 and "0..2" in res.output
+    res = runner.invoke(app, ["train-interval", "--set", str(p), "--member", "auto"])
+    assert res.exit_code == 2 and "torchrun" in res.output
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    res = runner.invoke(app, ["train-interval", "--set", str(p), "--member", "auto", "--json"])
+    assert res.exit_code == 0, res.output
+    assert all(mb.sha256 for mb in read_manifest(p).members)
+
+
+def test_workers_2_trains_every_member_like_one_worker(tmp_path):
+    from ddpm_tools.training.parallel import train_set
+    a = _new_set(tmp_path / "a", steps=10, every=5, intervals=2)
+    b = _new_set(tmp_path / "b", steps=10, every=5, intervals=2)
+    train_set(a, workers=1)
+    res = train_set(b, workers=2)
+    assert sorted(r.index for r in res) == [0, 1]
+    for i in (0, 1):
+        for k, v in _weights(a, i).items():
+            torch.testing.assert_close(v, _weights(b, i)[k], rtol=1e-4, atol=1e-5)
