@@ -14,11 +14,13 @@ import numpy as np
 
 from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import check_timesteps, even_stride, quadratic_stride
-from ddpm_tools.cost_table import cached_cost_table
+from ddpm_tools.cost_table import cached_cost_table, set_fingerprint
 from ddpm_tools.costs import CostSettings
+from ddpm_tools.costs_io import CostTable, read_cost_table
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.schedule_file import read_schedule
+from ddpm_tools.sets.denoiser import load_set
 
 SPEC_HELP = ("A schedule JSON file, dp:K (exact DP on the set's train-split cost table), "
              "even:K, quadratic:K or full (all T steps).")
@@ -31,6 +33,27 @@ class CostSource:
     data: str  # data spec of the set
     settings: CostSettings  # examples and seed of the table
     device: str = "cpu"  # where the table is built if it is not cached yet
+    table: Path | None = None  # an existing table to use instead of the set's cached one
+
+
+def _table_for(set_dir: str | Path, T: int, costs: CostSource,
+               progress: ProgressFn | None) -> CostTable:
+    """The train-split table behind ``dp:K``: the given file (checked) or the set's cache."""
+    if costs.table is None:
+        return cached_cost_table(set_dir, costs.data, "train", costs.settings,
+                                 device=costs.device, progress=progress)[0]
+    table = read_cost_table(costs.table)
+    where = f"cost table {costs.table}"
+    if table.T != T:
+        raise BadInputError(f"{where} has T = {table.T} but the set has T = {T}; build the "
+                            "table from this set with cost-table")
+    if table.set_sha256 and table.set_sha256 != set_fingerprint(load_set(set_dir)):
+        raise BadInputError(f"{where} was measured on another set (or other weights); "
+                            "rebuild it with cost-table --set " + str(set_dir))
+    if table.split not in (None, "train"):
+        raise BadInputError(f"{where} was fitted on the {table.split} split; dp:K must be "
+                            "chosen on a train-split table so that it is scored on unseen data")
+    return table
 
 
 def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
@@ -48,8 +71,7 @@ def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
             return spec, even_stride(T, K)
         if kind == "quadratic":
             return spec, quadratic_stride(T, K)
-        table, _ = cached_cost_table(set_dir, costs.data, "train", costs.settings,
-                                     device=costs.device, progress=progress)
+        table = _table_for(set_dir, T, costs, progress)
         return spec, solve_schedules(table.L, table.prior, [K])[0].timesteps
     path = Path(spec)
     if not path.exists():

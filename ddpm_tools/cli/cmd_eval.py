@@ -29,6 +29,9 @@ from ddpm_tools.sets import load_set
 ScheduleOpt = Annotated[list[str], typer.Option("--schedule", help=SPEC_HELP + " Repeatable.")]
 TableSamplesOpt = Annotated[int, typer.Option(
     "--table-samples", min=2, help="Examples of the train-split cost table behind dp:K.")]
+CostsOpt = Annotated[Path | None, typer.Option(
+    "--costs", help="Use this train-split cost table for dp:K instead of the set's cached one "
+                    "(checked: same T, same set).")]
 
 
 @app.command("eval-bpd")
@@ -40,6 +43,7 @@ def eval_bpd_cmd(
     samples: Annotated[int | None, typer.Option(min=2, help="Examples (default: the whole "
                                                             "split).")] = None,
     table_samples: TableSamplesOpt = 512,
+    costs: CostsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per network call.")] = 256,
     seed: Annotated[int, typer.Option(help="Picks the examples and the noise.")] = 0,
     device: DeviceOpt = "auto",
@@ -53,7 +57,7 @@ def eval_bpd_cmd(
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
     split_data = load_data(data, split, seed=seed)
-    source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev)
+    source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
     with rich_progress(enabled=not json_out) as progress:
         scheds = [resolve_schedule(s, set_dir, cset.T, source, progress) for s in schedule]
         results = eval_bpd(cset, split_data, scheds, samples=samples, seed=seed,
@@ -93,6 +97,7 @@ def sample_cmd(
     eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 = ancestral (the model the "
                                                               "DP scores), 0 = DDIM.")] = 1.0,
     table_samples: TableSamplesOpt = 512,
+    costs: CostsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise; same seed, same samples.")] = 0,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -101,7 +106,7 @@ def sample_cmd(
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
     source = CostSource(cset.manifest.data.name, CostSettings(samples=table_samples, seed=seed),
-                        dev)
+                        dev, costs)
     with rich_progress(enabled=not json_out) as progress:
         label, tau = resolve_schedule(schedule, set_dir, cset.T, source, progress)
         run = draw_samples(cset, label, tau, n, out, grid=grid, eta=eta, seed=seed,

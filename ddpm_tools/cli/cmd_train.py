@@ -13,7 +13,6 @@ from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
 from ddpm_tools.device import resolve_device
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.sets.inspect import SetReport, inspect_set
 from ddpm_tools.training.api import TrainReport, train, train_interval
 from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.create import SetSpec
@@ -111,30 +110,3 @@ def train_interval_cmd(
     with rich_progress(enabled=not json_out) as progress:
         rep = train_interval(set_dir, index, steps=steps, device=dev, progress=progress)
     _report(rep, json_out)
-
-
-@app.command("inspect")
-def inspect_cmd(
-    path: Annotated[Path, typer.Argument(help="A checkpoint set folder, cost table "
-                                              "(.safetensors) or schedule (.json).")],
-    json_out: JsonOpt = False,
-) -> None:
-    """Show what a set, cost table or schedule holds; validate every member of a set."""
-    rep = inspect_set(path)
-    if json_out:
-        print_json(rep.to_json())
-        return
-    _print_set(rep)
-
-
-def _print_set(rep: SetReport) -> None:
-    console.print(f"[bold]{rep.path}[/]  T={rep.T} schedule={rep.schedule} "
-                  f"prediction={rep.prediction} variance={rep.variance} data={rep.data} "
-                  f"shape={rep.shape} levels={rep.levels}")
-    table = Table()
-    for col in ("member", "t-range", "architecture", "parameters", "steps trained", "status"):
-        table.add_column(col, justify="right")
-    for m in rep.members:
-        table.add_row(str(m.index), f"{m.t_lo}..{m.t_hi}", m.arch, f"{m.parameters:,}",
-                      f"{m.steps_done}/{m.steps_target}", m.status)
-    console.print(table)

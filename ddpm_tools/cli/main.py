@@ -7,6 +7,7 @@ from ddpm_tools.cli import (  # noqa: F401  (each module registers its commands)
     cmd_demo,
     cmd_eval,
     cmd_eval_samples,
+    cmd_inspect,
     cmd_optimize,
     cmd_train,
     cmd_version,
