@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ddpm_tools.errors import MissingExtraError
-from ddpm_tools.fileio import atomic_write_bytes
+from ddpm_tools.errors import BadInputError, MissingExtraError
+from ddpm_tools.fileio import atomic_write_bytes, ensure_writable_dir
 
 PLOT_HINT = "install the plot extra: pip install 'ddpm-tools[plot]'"
 
@@ -84,5 +84,39 @@ def lines_png(path: str | os.PathLike[str], x: Sequence[float],
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def check_plot_target(path: Path) -> None:
+    """Fail before any work: matplotlib installed, format known, folder writable."""
+    fig = new_figure()
+    kinds = fig.canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in kinds:
+        raise BadInputError(
+            f"--plot {path}: cannot tell the image format from '{path.suffix}'; use a name "
+            "ending in .png, .pdf or .svg"
+        )
+    ensure_writable_dir(path.parent)
+
+
+def frontier_png(path: str | os.PathLike[str], ks: Sequence[int],
+                 series: Mapping[str, Sequence[float | None]], title: str = "") -> None:
+    """Predicted bits/dim against the budget K, one line per method (None: no value)."""
+    from matplotlib.ticker import NullFormatter, StrMethodFormatter
+
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for label, ys in series.items():
+        ax.plot(ks, [float("nan") if y is None else y for y in ys], marker="o", markersize=3,
+                label=label)
+    if len(ks) > 1 and max(ks) / min(ks) >= 10:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("budget K (network calls per sample)")
+    ax.set_ylabel("predicted bits/dim (cost table)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     ax.legend()
     save_figure(fig, path)

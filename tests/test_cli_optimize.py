@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import save
 from typer.testing import CliRunner
 
-from ddpm_tools.cli.cmd_optimize import _check_plot_target
+from ddpm_tools.plots import check_plot_target
 from ddpm_tools.cli.main import app
 from ddpm_tools.costs_io import CostTable, write_cost_table
 from ddpm_tools.errors import MissingExtraError
@@ -79,9 +79,9 @@ def test_plot_without_matplotlib(costs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
     r = run("--costs", costs, "--budget", 4, "--plot", tmp_path / "f.png")
     assert r.exit_code == 2
-    assert "--plot needs matplotlib; install the plot extra: pip install" in r.output
+    assert "needs matplotlib; install the plot extra: pip install 'ddpm-tools[plot]'" in r.output
     with pytest.raises(MissingExtraError, match=re.escape("pip install 'ddpm-tools[plot]'")):
-        _check_plot_target(tmp_path / "f.png")
+        check_plot_target(tmp_path / "f.png")
 
 
 def bad_table(tmp_path, kind):
@@ -106,8 +106,10 @@ def bad_table(tmp_path, kind):
     ("shape", "its metadata says T = 45"),
     ("unwritable_out", "cannot create output folder"),
     ("no_budget", "give either --budget K"),
-    ("with_set", "not yet supported; build a table with cost-table first"),
-    ("no_costs", "pass --costs FILE"),
+    ("with_set", "does not exist"),
+    ("set_without_data", "--set and --data go together"),
+    ("costs_and_set", "exactly one of the two"),
+    ("no_costs", "pass either --costs FILE"),
     ("plot_format", "cannot tell the image format"),
 ])
 def test_bad_input_exits_2_with_one_sentence(costs, tmp_path, case, message):
@@ -127,7 +129,11 @@ def test_bad_input_exits_2_with_one_sentence(costs, tmp_path, case, message):
     elif case == "no_budget":
         args = ["--costs", costs]
     elif case == "with_set":
-        args = ["--set", tmp_path, "--data", "digits", "--budget", 4]
+        args = ["--set", tmp_path / "no-set", "--data", "digits", "--budget", 4]
+    elif case == "set_without_data":
+        args = ["--set", tmp_path, "--budget", 4]
+    elif case == "costs_and_set":
+        args += ["--set", tmp_path, "--data", "digits"]
     elif case == "no_costs":
         args = ["--budget", 4]
     elif case == "plot_format":
@@ -137,3 +143,17 @@ def test_bad_input_exits_2_with_one_sentence(costs, tmp_path, case, message):
     assert message in r.output
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.output
+
+
+def test_set_and_data_build_and_reuse_the_cached_table(tiny_set_2d):
+    r = run("--set", tiny_set_2d, "--data", "8gaussians", "--samples", 32, "--budget", 3,
+            "--json")
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.stdout)["schedules"][0]
+    cached = list((tiny_set_2d / "costs").glob("8gaussians-train-n32-seed0.safetensors"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    r = run("--set", tiny_set_2d, "--data", "8gaussians", "--samples", 32, "--budget", 3,
+            "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["schedules"][0] == first
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not rebuilt

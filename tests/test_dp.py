@@ -99,22 +99,6 @@ def test_dp_equals_numpy_reference(seed):
         assert path_cost(L, prior, a.timesteps) == a.cost_nats
 
 
-def test_threads_do_not_change_results(monkeypatch):
-    monkeypatch.setattr(dp, "MIN_THREAD_WORK", 1)  # split even this small table
-    rng = np.random.default_rng(4)
-    n = 301
-    L = rng.integers(0, 5, (n, n)).astype(float)  # many exact ties
-    prior = np.full(n, np.inf)
-    prior[[200, 300]] = 1.0
-    one = solve_all_budgets(L, prior, threads=1)
-    for threads in (2, 3):
-        many = solve_all_budgets(L, prior, threads=threads)
-        assert all(a.cost_nats == b.cost_nats and np.array_equal(a.timesteps, b.timesteps)
-                   for a, b in zip(one, many, strict=True))
-    with pytest.raises(BadInputError, match="threads must be an integer >= 1"):
-        solve_schedules(L, prior, [3], threads=0)
-
-
 def test_budgets_in_given_order_and_all_budgets():
     rng = np.random.default_rng(3)
     L = rng.random((31, 31))

@@ -37,7 +37,7 @@ def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16)
     bp = np.zeros((n, K + 1), dtype=dtype)
     edges = [0, *[c for c in chunks if c is not None], n - 1]
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        kernels.dp_relax_rows(L, C, bp, lo, hi, 0, n, block)
+        kernels.dp_relax_rows(L, C, bp, lo, hi, block)
     return C, bp
 
 
@@ -56,24 +56,6 @@ def test_forward_independent_of_blocking_and_chunks(block, chunks):
     L = random_table(2)
     C0, bp0 = kernel_forward(L, 40)
     C, bp = kernel_forward(L, 40, block=block, chunks=chunks)
-    assert np.array_equal(C, C0) and np.array_equal(bp, bp0)
-
-
-def test_forward_target_ranges_in_any_order():
-    """A chunk's own triangle first, then its later targets in disjoint ranges, any order
-    (what the threads of dp._forward do)."""
-    L = random_table(7)
-    n = L.shape[0]
-    C0, bp0 = kernel_forward(L, 60)
-    C = np.full((n, 61), np.inf)
-    C[0, 0] = 0.0
-    bp = np.zeros((n, 61), dtype=np.int16)
-    for lo in range(0, n - 1, 50):
-        hi = min(lo + 50, n - 1)
-        kernels.dp_relax_rows(L, C, bp, lo, hi, lo, hi, 16)
-        edges = [hi, (hi + n) // 2, n - 3, n]
-        for a, b in reversed(list(zip(edges[:-1], edges[1:], strict=True))):
-            kernels.dp_relax_rows(L, C, bp, lo, hi, a, b, 16)
     assert np.array_equal(C, C0) and np.array_equal(bp, bp0)
 
 

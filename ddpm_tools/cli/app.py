@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ddpm_tools.cli.common import err_console
@@ -23,7 +24,7 @@ class _ErrorEdgeGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except DdpmToolsError as e:
-            msg = str(e).rstrip()
+            msg = escape(str(e).rstrip())  # messages may hold [brackets]: not rich markup
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,13 +9,16 @@ import typer
 from rich.table import Table
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cost_table import cached_cost_table
+from ddpm_tools.costs import CostSettings
 from ddpm_tools.costs_io import OptimizeResult, optimize_table, read_cost_table
-from ddpm_tools.errors import BadInputError, MissingExtraError
-from ddpm_tools.fileio import atomic_write_bytes, ensure_writable_dir, sha256_file
+from ddpm_tools.device import resolve_device
+from ddpm_tools.errors import BadInputError
+from ddpm_tools.fileio import ensure_writable_dir, sha256_file
+from ddpm_tools.plots import check_plot_target, frontier_png
 from ddpm_tools.schedule_file import write_schedule
 
-PLOT_HINT = "install the plot extra: pip install 'ddpm-tools[plot]'"
 SHOWN_TIMESTEPS = 10  # longer schedules are shortened in the table
 
 
@@ -37,22 +38,25 @@ def optimize_schedule_cmd(
         help="Draw predicted bits/dim against K for DP, even and quadratic strides "
              "(.png, .pdf or .svg; needs the plot extra).")] = None,
     set_dir: Annotated[Path | None, typer.Option(
-        "--set", help="Checkpoint set to build the table from instead of --costs (not yet "
-                      "supported: run cost-table first).")] = None,
+        "--set", help="Instead of --costs: the set whose train-split table is used (built "
+                      "and cached next to the set when missing or stale).")] = None,
     data: Annotated[str | None, typer.Option(
-        help="Data to build the table on, with --set.")] = None,
+        help="Data the set was trained on, with --set.")] = None,
+    samples: Annotated[int, typer.Option(
+        min=2, help="With --set: train examples behind the table.")] = 512,
+    seed: Annotated[int, typer.Option(help="With --set: the table's examples and noise.")] = 0,
+    device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
     """Find the ELBO-optimal K-step schedule exactly (dynamic program over the cost table)
     for each budget K, next to the even and quadratic strides. Units: bits/dim; the JSON
     also gives nats per example."""
-    if set_dir is not None or data is not None:
-        raise BadInputError(
-            "optimize-schedule --set/--data is not yet supported; build a table with "
-            "cost-table first and pass it as --costs"
-        )
-    if costs is None:
-        raise BadInputError("no cost table given; pass --costs FILE (written by cost-table)")
+    if (set_dir is None) != (data is None):
+        raise BadInputError("--set and --data go together: the table is built from the set "
+                            "on that data")
+    if (costs is None) == (set_dir is None):
+        raise BadInputError("pass either --costs FILE (written by cost-table) or --set DIR "
+                            "--data NAME, exactly one of the two")
     if all_budgets == bool(budget):
         raise BadInputError(
             "give either --budget K (repeatable) or --all-budgets, exactly one of the two"
@@ -60,11 +64,16 @@ def optimize_schedule_cmd(
     if out is not None:
         ensure_writable_dir(out)
     if plot is not None:
-        _check_plot_target(plot)
-    table = read_cost_table(costs)
-    source: dict[str, str | int | float] = {
-        "costs": str(costs), "costs_sha256": sha256_file(costs)}
+        check_plot_target(plot)
     with rich_progress(enabled=not json_out) as progress:
+        if costs is None:
+            assert set_dir is not None and data is not None
+            _, costs = cached_cost_table(set_dir, data, "train",
+                                         CostSettings(samples=samples, seed=seed),
+                                         device=str(resolve_device(device)), progress=progress)
+        table = read_cost_table(costs)
+        source: dict[str, str | int | float] = {
+            "costs": str(costs), "costs_sha256": sha256_file(costs)}
         budgets = None if all_budgets else list(dict.fromkeys(budget or []))  # unique, in order
         result = optimize_table(table, budgets, source=source, progress=progress)
     written = []
@@ -74,7 +83,11 @@ def optimize_schedule_cmd(
             write_schedule(path, r.schedule)
             written.append(path)
     if plot is not None:
-        _plot_frontier(plot, result)
+        ks = [r.schedule.budget for r in result.results]
+        frontier_png(plot, ks, {"DP (optimal)": [r.schedule.predicted_bpd for r in result.results],
+                                "even stride": [r.even_bpd for r in result.results],
+                                "quadratic stride": [r.quadratic_bpd for r in result.results]},
+                     title=f"T = {result.T}")
     if json_out:
         print_json(_to_json(result))
         return
@@ -124,51 +137,3 @@ def _abbrev(tau: Any, n: int = SHOWN_TIMESTEPS) -> str:
     if len(ts) > n:
         ts = ts[: n - 3] + ["…"] + ts[-3:]
     return ", ".join(ts)
-
-
-def _check_plot_target(path: Path) -> None:
-    """Fail before the solve: matplotlib installed, format known, folder writable."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MissingExtraError(f"--plot needs matplotlib; {PLOT_HINT}") from None
-    kinds = FigureCanvasAgg(Figure()).get_supported_filetypes()
-    if path.suffix.lstrip(".").lower() not in kinds:
-        raise BadInputError(
-            f"--plot {path}: cannot tell the image format from '{path.suffix}'; use a name "
-            "ending in .png, .pdf or .svg"
-        )
-    ensure_writable_dir(path.parent)
-
-
-def _plot_frontier(path: Path, result: OptimizeResult) -> None:
-    """Predicted bits/dim against K for the DP and both strides, written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter, StrMethodFormatter
-
-    ks = [r.schedule.budget for r in result.results]
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, ys in (
-        ("DP (optimal)", [r.schedule.predicted_bpd for r in result.results]),
-        ("even stride", [r.even_bpd for r in result.results]),
-        ("quadratic stride", [r.quadratic_bpd for r in result.results]),
-    ):
-        ax.plot(ks, [math.nan if y is None else y for y in ys], marker="o", markersize=3,
-                label=label)
-    if len(ks) > 1 and max(ks) / min(ks) >= 10:
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("budget K (network calls per sample)")
-    ax.set_ylabel("predicted bits/dim (cost table)")
-    ax.set_title(f"T = {result.T}")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip(".").lower())
-    atomic_write_bytes(path, buf.getvalue())

@@ -15,10 +15,7 @@ are steps that cannot be taken. NaN and -inf in the used part are input errors.
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +25,7 @@ from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn, report
 
-ROW_CHUNK = 128  # source rows per step of the forward pass (one sync of the threads)
-MIN_THREAD_WORK = 1 << 20  # (s, t, k) updates worth one more thread
+ROW_CHUNK = 128  # source rows per kernel call of the forward pass (one progress report)
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,64 +114,27 @@ def _bp_dtype(T: int) -> type[np.signedinteger]:
 
 
 def _forward(
-    L: np.ndarray, K: int, threads: int, progress: ProgressFn | None
+    L: np.ndarray, K: int, progress: ProgressFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the forward pass for budgets up to K. Returns C, bp: [T+1, K+1].
-
-    Rows s go in chunks of ROW_CHUNK, in ascending order. Within a chunk, its own
-    triangle (targets t < s_hi) runs first; then the targets t >= s_hi are split into
-    ``threads`` contiguous ranges pushed in parallel (disjoint rows of C and bp; every
-    source row of the chunk is final by then), so results do not depend on ``threads``.
-    """
+    """Run the forward pass for budgets up to K. Returns C, bp: [T+1, K+1]."""
     n = L.shape[0]
     C = np.full((n, K + 1), np.inf)
     C[0, 0] = 0.0
     bp = np.zeros((n, K + 1), dtype=_bp_dtype(n - 1))
-    block = kernels.DP_BLOCK
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    try:
-        for s_lo in range(0, n - 1, ROW_CHUNK):
-            s_hi = min(s_lo + ROW_CHUNK, n - 1)
-            kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, s_lo, s_hi, block)
-            work = (n - s_hi) * (s_hi - s_lo) * min(K, s_hi)  # (s, t, k) updates left
-            parts = max(1, min(threads, work // MIN_THREAD_WORK))
-            if pool is None or parts == 1:
-                kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, s_hi, n, block)
-            else:
-                edges = np.linspace(s_hi, n, parts + 1).astype(np.int64)
-                jobs = [pool.submit(kernels.dp_relax_rows, L, C, bp, s_lo, s_hi, int(a),
-                                    int(b), block) for a, b in itertools.pairwise(edges)]
-                for job in jobs:
-                    job.result()
-            report(progress, "dynamic program", s_hi, n - 1)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for s_lo in range(0, n - 1, ROW_CHUNK):
+        s_hi = min(s_lo + ROW_CHUNK, n - 1)
+        kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, kernels.DP_BLOCK)
+        report(progress, "dynamic program", s_hi, n - 1)
     return C, bp
-
-
-def default_threads() -> int:
-    """Threads the forward pass uses by default: the CPUs this process may use, at most 8."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return max(1, min(8, len(cpus) if cpus else (os.cpu_count() or 1)))
-
-
-def _threads(threads: int | None) -> int:
-    """``threads`` checked, or the default."""
-    if threads is None:
-        return default_threads()
-    if int(threads) != threads or threads < 1:
-        raise BadInputError(f"threads must be an integer >= 1 (got {threads!r})")
-    return int(threads)
 
 
 def _solve(
     L: np.ndarray, prior: np.ndarray, budgets: np.ndarray, strict: bool,
-    threads: int | None, progress: ProgressFn | None,
+    progress: ProgressFn | None,
 ) -> list[DPSolution]:
     """Forward pass up to max(budgets), best starts, back-tracking; see solve_schedules."""
     uniq = np.unique(budgets)
-    C, bp = _forward(L, int(uniq[-1]), _threads(threads), progress)
+    C, bp = _forward(L, int(uniq[-1]), progress)
     ends = np.empty(uniq.size, dtype=np.int64)
     costs = np.empty(uniq.size, dtype=np.float64)
     kernels.dp_best_ends(C, prior, uniq, ends, costs)
@@ -197,7 +156,7 @@ def _solve(
 
 def solve_schedules(
     L: np.ndarray, prior: np.ndarray, budgets: Sequence[int], *,
-    threads: int | None = None, progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None,
 ) -> list[DPSolution]:
     """The least-cost schedule with exactly K steps, for every K in ``budgets``.
 
@@ -207,22 +166,21 @@ def solve_schedules(
     prior: [T+1] float64 (+inf where no prior; finite at several t lets the DP pick the
     start). Returns one DPSolution per entry of ``budgets``, in the order given.
     Ties: the smallest s at every step, then the smallest start t.
-    Time O(T^2 * K) on ``threads`` threads (None: the CPUs available, at most 8; the
-    result does not depend on it); memory one [T+1, K+1] float64 state plus back-pointers.
+    Time O(T^2 * K) on one core; memory one [T+1, K+1] float64 state plus int16
+    back-pointers (1.25x the size of L when solving every budget at once).
     """
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = _check_budgets(budgets, k_max, "the cost table")
-    return _solve(L, prior, ks, True, threads, progress)
+    return _solve(L, prior, ks, True, progress)
 
 
 def solve_all_budgets(
-    L: np.ndarray, prior: np.ndarray, *, threads: int | None = None,
-    progress: ProgressFn | None = None,
+    L: np.ndarray, prior: np.ndarray, *, progress: ProgressFn | None = None
 ) -> list[DPSolution]:
     """:func:`solve_schedules` for every budget 1..K_max that has a finite-cost path."""
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = np.arange(1, k_max + 1, dtype=np.int64)
-    return _solve(L, prior, ks, False, threads, progress)
+    return _solve(L, prior, ks, False, progress)
 
 
 def warm_up() -> None:

@@ -80,22 +80,19 @@ def scan_table(L: np.ndarray, reach: np.ndarray) -> tuple[int, int]:
     return -1, -1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def dp_relax_rows(
-    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s_lo: int, s_hi: int, t_lo: int, t_hi: int,
-    block: int,
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s_lo: int, s_hi: int, block: int
 ) -> None:
-    """Push source rows s in [s_lo, s_hi) onto targets t in [t_lo, t_hi), t > s, in place.
+    """Push source rows s in [s_lo, s_hi) of the DP forward pass onto every t > s, in place.
 
     L: [T+1, T+1] float64 (only s < t read; no NaN, no -inf). C: [T+1, K+1] float64, with
     C[0, 0] = 0 and +inf elsewhere before the first call. bp: [T+1, K+1] integer
-    back-pointers. Every row below ``s_lo`` must have been pushed onto [t_lo, t_hi)
-    already, and C[s] must be final for the sources read: either [t_lo, t_hi) covers the
-    sources themselves (blocks then finish each other in ascending order), or every
-    target is above s_hi (then calls on disjoint target ranges may run in parallel
-    threads: they write disjoint rows of C and bp). At the end C[t, k] is the least cost
-    of 0 -> t in exactly k steps and bp[t, k] the smallest s attaining it.
+    back-pointers. Rows below ``s_lo`` must have been pushed already (calls in ascending
+    order). After the last call C[t, k] is the least cost of 0 -> t in exactly k steps and
+    bp[t, k] the smallest s attaining it.
     """
+    n = L.shape[0]
     K = C.shape[1] - 1
     inf = np.inf
     for s0 in range(s_lo, s_hi, block):
@@ -105,7 +102,7 @@ def dp_relax_rows(
             kmax = min(s + 1, K)
             Cs = C[s]
             sv = bp.dtype.type(s)
-            for t in range(max(s + 1, t_lo), min(s1, t_hi)):
+            for t in range(s + 1, s1):
                 l_st = L[s, t]
                 if l_st == inf:
                     continue
@@ -117,7 +114,7 @@ def dp_relax_rows(
                         Ct[k] = cand
                         bt[k] = sv
         # 2. every later target t takes the whole block while C[t] is in cache
-        for t in range(max(s1, t_lo), t_hi):
+        for t in range(s1, n):
             Ct = C[t]
             bt = bp[t]
             for s in range(s0, s1):
