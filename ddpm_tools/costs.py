@@ -20,6 +20,7 @@ Standard errors are across examples (one x_t per example and t).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,7 +166,7 @@ def prior_costs(cset: CheckpointSet, x0: torch.Tensor) -> tuple[np.ndarray, np.n
 def compute_columns(cset: CheckpointSet, x0: torch.Tensor, settings: CostSettings,
                     times: list[int], cols: CostColumns, device: torch.device | str = "cpu",
                     progress: ProgressFn | None = None,
-                    checkpoint: None | object = None) -> CostColumns:
+                    checkpoint: Callable[[CostColumns], None] | None = None) -> CostColumns:
     """Fill ``cols`` for each t in ``times`` not yet done: one network call per example.
 
     ``checkpoint``, if given, is called as ``checkpoint(cols)`` after every column
@@ -189,6 +190,6 @@ def compute_columns(cset: CheckpointSet, x0: torch.Tensor, settings: CostSetting
         cols.L[:t, t], cols.L_se[:t, t] = m, se
         cols.done[t] = True
         if checkpoint is not None:
-            checkpoint(cols)  # type: ignore[operator]
+            checkpoint(cols)
         report(progress, "cost table (over t)", k + 1, len(todo))
     return cols

@@ -49,8 +49,10 @@ def train_cmd(
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per member.")] = 5000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes training members in "
                                                      "parallel.")] = _DEFAULT_WORKERS,
-    partition: Annotated[str, typer.Option(help="How [1, T] is cut: uniform (equal steps) or "
-                                                "snr (equal log-SNR spans).")] = "uniform",
+    partition: Annotated[str, typer.Option(help="How [1, T] is cut: uniform (equal steps), "
+                                                "snr (equal log-SNR spans) or cluster "
+                                                "(optimal-denoiser timestep clustering, see "
+                                                "the partition command).")] = "uniform",
     arch: Annotated[str, typer.Option(help="mlp (vectors), unet (images), or auto.")] = "auto",
     schedule: Annotated[str, typer.Option(help="Noise schedule: linear or cosine.")] = "linear",
     T: Annotated[int, typer.Option("--T", min=2, help="Diffusion steps.")] = 1000,

@@ -3,7 +3,9 @@
 Haxholli & Lorenzi 2023 train one network per sub-interval of diffusion time;
 how [1, T] is cut is a choice: ``uniform`` gives every member the same number of
 timesteps, ``snr`` cuts at equal spacing in log-SNR, log(alpha_bar_t / (1 - alpha_bar_t))
-(Kingma et al. 2021, eq. (3)), so that each member covers the same range of noise levels.
+(Kingma et al. 2021, eq. (3)), so that each member covers the same range of noise levels;
+``cluster`` cuts where the optimal denoiser's task changes (Zhang et al. 2024, timestep
+clustering, :mod:`ddpm_tools.clustering`), which needs the training data.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 
-PARTITIONS: tuple[str, ...] = ("uniform", "snr")
+PARTITIONS: tuple[str, ...] = ("uniform", "snr", "cluster")
 
 
 def _check(T: int, n: int) -> None:
@@ -58,10 +61,22 @@ def partition_snr(schedule: NoiseSchedule, n: int) -> list[tuple[int, int]]:
     return _from_ends(np.array(out, dtype=np.int64))
 
 
-def make_partition(name: str, schedule: NoiseSchedule, n: int) -> list[tuple[int, int]]:
-    """Dispatch on the partition name (uniform, snr)."""
+def make_partition(name: str, schedule: NoiseSchedule, n: int,
+                   data: DataSplit | None = None) -> list[tuple[int, int]]:
+    """Dispatch on the partition name (uniform, snr, cluster; cluster needs ``data``, the
+    train split, and uses the defaults of :func:`ddpm_tools.clustering.cluster_partition`
+    with a grid of at least ``n`` times)."""
     if name == "uniform":
         return partition_uniform(schedule.T, n)
     if name == "snr":
         return partition_snr(schedule, n)
+    if name == "cluster":
+        _check(schedule.T, n)
+        if data is None:
+            raise BadInputError("the cluster partition needs the training data; pass the "
+                                "train split as data=")
+        from ddpm_tools.clustering import DEFAULT_GRID, cluster_partition
+
+        grid = min(schedule.T, max(DEFAULT_GRID, n))
+        return list(cluster_partition(data, schedule, n, grid=grid).ranges)
     raise BadInputError(f"unknown partition {name!r}; choose one of {', '.join(PARTITIONS)}")

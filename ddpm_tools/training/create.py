@@ -31,7 +31,7 @@ class SetSpec:
     """What ``ddpm-tools train`` creates."""
 
     intervals: int = 4  # number of members (1 = single-network baseline, T = one per step)
-    partition: str = "uniform"  # how [1, T] is cut: uniform or snr
+    partition: str = "uniform"  # how [1, T] is cut: uniform, snr or cluster
     arch: str = "auto"  # mlp, unet, or auto (mlp for vectors, unet for images)
     schedule: str = "linear"  # noise schedule: linear or cosine
     T: int = 1000  # diffusion steps
@@ -58,7 +58,7 @@ def build_manifest(spec: SetSpec, data: DataSplit, train: TrainConfig,
         arch = "mlp" if len(data.shape) == 1 else "unet"
     if arch_config is None:
         arch_config = default_config(arch, data.shape)
-    ranges = make_partition(spec.partition, schedule, spec.intervals)
+    ranges = make_partition(spec.partition, schedule, spec.intervals, data=data)
     members = tuple(
         Member(index=i, t_lo=lo, t_hi=hi, arch=arch_config, weights=member_weights_name(i),
                state=MemberState(steps_target=train.steps))
