@@ -33,40 +33,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import (
+    Timing,
+    base_parser,
+    finish,
+    machine,
+    print_table,
+    timed,
+    torch_threads,
+    yes_no,
+)
 
 from ddpm_tools.core.gaussian import discretized_gaussian_log_likelihood
 from ddpm_tools.core.strides import even_stride
 from ddpm_tools.costs import EVAL_STREAM, noise_for, select_examples
 from ddpm_tools.data import DataSplit, load_data
+from ddpm_tools.errors import BadInputError
 from ddpm_tools.evaluate import ScheduleEval, eval_bpd
 from ddpm_tools.models import UNetConfig, config_to_dict
 from ddpm_tools.sets import CheckpointSet, Denoiser, load_set
 from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.create import SetSpec, build_manifest, create_set
 from ddpm_tools.training.parallel import train_set
-
-try:  # run as a script (benchmarks/ is on sys.path) or imported as benchmarks.bench_eval
-    from _common import (
-        Timing,
-        base_parser,
-        finish,
-        machine,
-        print_table,
-        timed,
-        torch_threads,
-        yes_no,
-    )
-except ImportError:  # pragma: no cover
-    from benchmarks._common import (
-        Timing,
-        base_parser,
-        finish,
-        machine,
-        print_table,
-        timed,
-        torch_threads,
-        yes_no,
-    )
 
 AGREE_BPD = 1e-6  # the two full-chain totals must agree to this (bits/dim)
 K_STEP_TOLERANCE = 0.2  # a K-step schedule costs K/T of the full chain within 20%
@@ -126,7 +114,8 @@ def calc_bpd_loop(cset: CheckpointSet, data: DataSplit, samples: int, seed: int,
     """
     man = cset.manifest
     if man.prediction != "eps" or man.variance != "fixed_small" or man.data.levels is None:
-        raise ValueError("the plain loop is written for eps / fixed_small / discrete data")
+        raise BadInputError("the plain loop is written for eps prediction, fixed_small "
+                            "variances and discrete data; train the set that way")
     T, levels = cset.T, man.data.levels
     betas = np.asarray(man.schedule.betas[1:], dtype=np.float64)  # [T], index i = t - 1
     alphas = 1.0 - betas

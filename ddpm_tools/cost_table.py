@@ -32,6 +32,7 @@ from ddpm_tools.costs_io import CostTable, read_cost_table, write_cost_table
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.fileio import atomic_write_bytes, ensure_writable_dir
+from ddpm_tools.priors.store import load_priors, prior_fingerprint
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.denoiser import CheckpointSet, load_set
 
@@ -40,11 +41,15 @@ PARTIAL_EVERY_SECONDS = 30.0  # how often partial results are written during a r
 
 
 def set_fingerprint(cset: CheckpointSet) -> str:
-    """sha256 of what determines a set's predictions: schedule, outputs, members' weights."""
+    """sha256 of what determines a set's predictions: schedule, outputs, members' weights
+    and (when the set has any) its auxiliary priors."""
     m = cset.manifest
     key = {"betas": m.schedule.betas.tolist(), "prediction": m.prediction,
-           "variance": m.variance, "clip_x0": m.clip_x0, "levels": m.data.levels,
+           "variance": m.variance, "clip_range": cset.clip_range, "levels": m.data.levels,
            "members": [(mb.t_lo, mb.t_hi, mb.sha256) for mb in m.members]}
+    aux = prior_fingerprint(cset)  # auxiliary priors change the prior column
+    if aux:
+        key["priors"] = aux
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
@@ -144,7 +149,7 @@ def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLik
             raise BadInputError(f"{partial} was computed with other settings or another set; "
                                 "delete it or rerun without --resume")
         cols = old
-    prior, prior_se = prior_costs(cset, x0)
+    prior, prior_se = prior_costs(cset, x0, settings.seed, load_priors(cset))
     last = [time.perf_counter()]
 
     def checkpoint(c: CostColumns) -> None:
@@ -195,7 +200,7 @@ def merge_cost_tables(parts: list[str | os.PathLike[str]], out: str | os.PathLik
 def cache_path(cset: CheckpointSet, data: str, split: str, settings: CostSettings) -> Path:
     """Where the set's cached table for (data, split, samples, seed) lives."""
     tag = re.sub(r"[^A-Za-z0-9._-]+", "_", data)
-    return cset.path / "costs" / f"{tag}-{split}-n{settings.samples}-seed{settings.seed}" \
+    return cset.cache_dir / f"{tag}-{split}-n{settings.samples}-seed{settings.seed}" \
         ".safetensors"
 
 

@@ -30,6 +30,8 @@ from ddpm_tools.core.diffusion import posterior_coeffs, q_sample, step_log_varia
 from ddpm_tools.core.gaussian import decoder_nll, prior_kl
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
+from ddpm_tools.priors.model import AuxPrior
+from ddpm_tools.priors.terms import aux_prior_nats
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
 
@@ -152,14 +154,28 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     return out
 
 
-def prior_costs(cset: CheckpointSet, x0: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """prior [T+1] and its standard error: KL(q(x_T|x_0) || N(0, I)) at t = T, +inf elsewhere."""
+def prior_costs(cset: CheckpointSet, x0: torch.Tensor, seed: int = 0,
+                priors: dict[int, AuxPrior] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """prior [T+1] and its standard error over examples (+inf where there is no prior).
+
+    At t = T: KL(q(x_T|x_0) || N(0, I)) in closed form. At each t of ``priors`` (the
+    set's auxiliary priors, :func:`ddpm_tools.priors.load_priors`):
+    E log q(x_t|x_0) - E log p_aux(x_t), closed-form entropy plus a Monte Carlo
+    cross-entropy on the cost table's own x_t (noise ``(COST_STREAM, seed, t)``), see
+    :mod:`ddpm_tools.priors.terms`. x0: ``[n, ...]`` float64.
+    """
     T = cset.T
-    per = prior_kl(x0, float(cset.schedule.log_alpha_bar[T])).reshape(x0.shape[0], -1).sum(1)
-    m, se = _mean_se(per[:, None])
     prior = np.full(T + 1, np.inf)
     prior_se = np.zeros(T + 1)
-    prior[T], prior_se[T] = float(m[0]), float(se[0])
+    n = x0.shape[0]
+    cols = [prior_kl(x0, float(cset.schedule.log_alpha_bar[T])).reshape(n, -1).sum(1)]
+    times = [T]
+    for t, aux in sorted((priors or {}).items()):
+        eps = noise_for(t, seed, tuple(x0.shape))  # the x_t of column t of L
+        cols.append(aux_prior_nats(aux, cset.schedule, x0.cpu(), eps).to(cols[0]))
+        times.append(t)
+    m, se = _mean_se(torch.stack(cols, 1))  # [len(times)] each
+    prior[times], prior_se[times] = m, se
     return prior, prior_se
 
 

@@ -30,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from ddpm_tools.core.dp import (
+    DPSolution,
     check_table,
     path_cost,
     solve_all_budgets,
@@ -215,6 +216,13 @@ class BudgetResult:
     predicted_nats: float  # its negative ELBO, nats per example
     even_bpd: float | None  # even stride's bits/dim; None if it does not exist or is +inf
     quadratic_bpd: float | None  # quadratic stride's bits/dim; None likewise
+    untruncated_bpd: float | None = None  # truncate: best schedule starting at T (bits/dim)
+    untruncated_timesteps: np.ndarray | None = None  # truncate: that schedule, [K+1] int64
+
+    @property
+    def start(self) -> int:
+        """tau_K, where the DP's schedule starts (T unless a truncated prior won)."""
+        return int(self.schedule.timesteps[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -225,25 +233,46 @@ class OptimizeResult:
     dims: int  # D, for bits/dim
     solve_seconds: float  # wall time of the DP alone (forward pass and back-tracking)
     results: list[BudgetResult]  # one per budget, in the order asked (or 1..K_max)
+    truncate: bool = False  # the DP could start wherever the table has a prior
+
+
+def standard_prior(prior: np.ndarray) -> np.ndarray:
+    """``prior`` [T+1] with every entry but the standard prior at T set to +inf, so that
+    the DP only considers untruncated schedules (tau_K = T)."""
+    out = np.full_like(prior, np.inf)
+    out[-1] = prior[-1]
+    return out
 
 
 def optimize_table(
-    table: CostTable, budgets: Sequence[int] | None, *,
+    table: CostTable, budgets: Sequence[int] | None, *, truncate: bool = False,
     source: dict[str, str | int | float] | None = None, progress: ProgressFn | None = None,
 ) -> OptimizeResult:
     """Exact DP schedules for ``budgets`` (None: every budget with a finite path), each
     compared with the even and quadratic strides on the same table.
 
-    ``source`` is recorded in each schedule (with the table's set_sha256, data, split,
-    n_samples, seed and variance when known).
+    Without ``truncate`` every schedule starts at T from N(0, I) (priors at other t are
+    ignored). With ``truncate`` the DP picks the start too, among all t with a finite
+    prior (auxiliary priors, Franzese et al. 2023), and each result also carries the
+    best untruncated schedule of the same budget. ``source`` is recorded in each
+    schedule (with the table's set_sha256, data, split, n_samples, seed and variance
+    when known).
     """
+    T = table.T
+    if not truncate and not math.isfinite(table.prior[T]):
+        aux = np.flatnonzero(np.isfinite(table.prior)).tolist()
+        raise BadInputError(f"the cost table has no standard prior at T = {T}, only priors at "
+                            f"t = {aux}; pass --truncate to let the schedule start there")
+    prior = table.prior if truncate else standard_prior(table.prior)
     warm_up()  # numba cache load or first compile: not part of solve_seconds
     start = time.perf_counter()
     if budgets is None:
-        sols = solve_all_budgets(table.L, table.prior, progress=progress)
+        sols = solve_all_budgets(table.L, prior, progress=progress)
     else:
-        sols = solve_schedules(table.L, table.prior, budgets, progress=progress)
+        sols = solve_schedules(table.L, prior, budgets, progress=progress)
     solve_seconds = time.perf_counter() - start
+    untruncated = (_untruncated(table, [s.budget for s in sols])
+                   if truncate and math.isfinite(table.prior[T]) else {})
     src: dict[str, str | int | float] = dict(source or {})
     for key in ("set_sha256", "data", "split", "n_samples", "seed", "variance"):
         value = getattr(table, key)
@@ -253,12 +282,35 @@ def optimize_table(
     for sol in sols:
         bpd = float(nats_to_bpd(sol.cost_nats, table.dims))
         schedule = Schedule(table.T, sol.budget, sol.timesteps, bpd, "dp", src)
+        std = untruncated.get(sol.budget)
         results.append(BudgetResult(
             schedule, sol.cost_nats,
             _stride_bpd(table, even_stride, sol.budget),
             _stride_bpd(table, quadratic_stride, sol.budget),
+            None if std is None else float(nats_to_bpd(std.cost_nats, table.dims)),
+            None if std is None else std.timesteps,
         ))
-    return OptimizeResult(table.T, table.dims, solve_seconds, results)
+    return OptimizeResult(table.T, table.dims, solve_seconds, results, truncate)
+
+
+def _untruncated(table: CostTable, budgets: list[int]) -> dict[int, DPSolution]:
+    """The best schedule starting at T for each budget that has one (finite cost)."""
+    std = standard_prior(table.prior)
+    try:
+        k_max = check_table(table.L, std)
+    except BadInputError:  # no finite path reaches T at all
+        return {}
+    ks = [K for K in budgets if K <= k_max]
+    try:
+        sols = solve_schedules(table.L, std, ks) if ks else []
+    except BadInputError:  # some K has no finite path ending at T: solve one by one
+        sols = []
+        for K in ks:
+            try:
+                sols += solve_schedules(table.L, std, [K])
+            except BadInputError:
+                continue
+    return {s.budget: s for s in sols}
 
 
 def _stride_bpd(

@@ -9,6 +9,11 @@ improved-diffusion's ``calc_bpd_loop`` does. The noise comes from a stream of it
 (:data:`ddpm_tools.costs.EVAL_STREAM`), so it is independent of the cost table's; all
 schedules evaluated together share the examples and the x_t at every common t, so
 their per-example differences are paired and have their own standard errors.
+
+A schedule starting at tau_K < T (a truncated chain) starts from the set's auxiliary
+prior p_aux at tau_K; its prior term is then E log q(x_tau_K|x_0) - log p_aux(x_tau_K)
+per example (:func:`ddpm_tools.priors.aux_prior_nats`), on the same x_tau_K the step from
+tau_K uses (the eval noise stream).
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import torch
 
 from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.core.gaussian import prior_kl
-from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.costs import EVAL_STREAM, noise_for, select_examples, step_costs
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
+from ddpm_tools.ode import ODEEval, ODESettings, eval_ode
+from ddpm_tools.priors.terms import aux_prior_nats, start_priors
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
 
@@ -56,7 +62,8 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
              ) -> list[ScheduleEval]:
     """Evaluate every schedule on the same examples and noise; see the module docstring.
 
-    ``schedules``: (label, timesteps [K+1]) pairs, each 0 = tau_0 < ... < tau_K = T.
+    ``schedules``: (label, timesteps [K+1]) pairs, each 0 = tau_0 < ... < tau_K, with
+    tau_K = T or a time where the set has an auxiliary prior (else BadInputError).
     ``samples``: examples of the split used (None: all of them).
     """
     if not schedules:
@@ -65,14 +72,21 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     if tuple(data.shape) != cset.manifest.data.shape:
         raise BadInputError(f"data {data.name} has shape {data.shape}, the set at {cset.path} "
                             f"was trained on {cset.manifest.data.shape}")
-    taus = [check_timesteps(ts, T) for _, ts in schedules]
+    starts = start_priors(cset, schedules)
+    taus = [tau for tau, _ in starts]
     x0_all = select_examples(data, samples or data.n, seed)
     n, dims = x0_all.shape[0], data.dims
     dev = torch.device(device)
 
-    # 1. the prior term, per example (closed form)
-    prior = prior_kl(x0_all, float(cset.schedule.log_alpha_bar[T])).reshape(n, -1).sum(1)
-    prior_np = prior.numpy()
+    # 1. the prior term, per example: closed form at T, Monte Carlo with an auxiliary prior
+    prior = np.zeros((len(schedules), n))
+    for j, (_, aux) in enumerate(starts):
+        if aux is None:
+            kl = prior_kl(x0_all, float(cset.schedule.log_alpha_bar[T]))
+            prior[j] = kl.reshape(n, -1).sum(1).numpy()
+        else:
+            eps = noise_for(aux.t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)
+            prior[j] = aux_prior_nats(aux, cset.schedule, x0_all, eps).numpy()
     steps = np.zeros((len(schedules), n))
     decoder = np.zeros((len(schedules), n))
 
@@ -102,14 +116,46 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
 
     # 4. reduce: bits/dim with standard errors, paired differences to the first schedule
     to_bpd = 1.0 / (dims * math.log(2.0))
-    totals = prior_np[None, :] + steps + decoder
+    totals = prior + steps + decoder
     out = []
     for j, (label, _) in enumerate(schedules):
         m, se = _mean_se(totals[j] * to_bpd)
         d, dse = _mean_se((totals[j] - totals[0]) * to_bpd) if j > 0 else (None, None)
         out.append(ScheduleEval(
             label=label, budget=len(taus[j]) - 1, timesteps=[int(x) for x in taus[j]], n=n,
-            bpd=m, bpd_se=se, prior_bpd=float(prior_np.mean() * to_bpd),
+            bpd=m, bpd_se=se, prior_bpd=float(prior[j].mean() * to_bpd),
             steps_bpd=float(steps[j].mean() * to_bpd),
             decoder_bpd=float(decoder[j].mean() * to_bpd), diff_bpd=d, diff_se=dse))
     return out
+
+
+METHODS: tuple[str, ...] = ("elbo", "ode")  # eval-bpd --method
+
+
+@dataclass(frozen=True)
+class LikelihoodEval:
+    """What ``eval-bpd`` reports: the ELBO of each schedule, and the ODE likelihood."""
+
+    method: str  # "elbo" or "ode"
+    elbo: list[ScheduleEval]  # negative ELBO per schedule (always computed)
+    ode: ODEEval | None  # probability-flow ODE bits/dim (method "ode"), same examples
+
+
+def eval_likelihood(cset: CheckpointSet, data: DataSplit,
+                    schedules: list[tuple[str, np.ndarray]], method: str = "elbo",
+                    samples: int | None = None, seed: int = 0, batch_size: int = 256,
+                    device: torch.device | str = "cpu", ode: ODESettings = ODESettings(),
+                    progress: ProgressFn | None = None) -> LikelihoodEval:
+    """:func:`eval_bpd` of ``schedules``; with ``method="ode"`` also the probability-flow
+    ODE bits/dim (:func:`ddpm_tools.ode.eval_ode`) on the same examples, and the full
+    chain as the ELBO to compare with when no schedule is given."""
+    if method not in METHODS:
+        raise BadInputError(f"unknown --method {method!r}; choose elbo (negative ELBO of a "
+                            "schedule) or ode (probability-flow ODE likelihood)")
+    if method == "ode" and not schedules:
+        schedules = [("full", np.arange(cset.T + 1, dtype=np.int64))]
+    elbo = eval_bpd(cset, data, schedules, samples=samples, seed=seed,
+                    batch_size=batch_size, device=device, progress=progress)
+    flow = (eval_ode(cset, data, samples=samples, seed=seed, settings=ode, device=device,
+                     progress=progress) if method == "ode" else None)
+    return LikelihoodEval(method, elbo, flow)

@@ -6,6 +6,9 @@ set's variance type (DESIGN.md); the last step t -> 0 returns the decoder's mean
 eta < 1 is DDIM (Song et al. 2021, eq. (12)): sigma^2 = eta^2 beta_tilde_{t|s} and
 x_s = sqrt(alpha_bar_s) x0_hat + sqrt(1 - alpha_bar_s - sigma^2) eps_hat + sigma z;
 eta = 0 is deterministic.
+
+A schedule starting at tau_K < T (a truncated chain, Franzese et al. 2023) draws
+x_{tau_K} ~ p_aux from the set's auxiliary prior at tau_K instead of N(0, I).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from ddpm_tools.core.diffusion import (
     posterior_coeffs,
     step_log_variance_bounds,
 )
-from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError
+from ddpm_tools.priors.terms import start_priors
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
 
@@ -31,16 +34,20 @@ def sample(cset: CheckpointSet, timesteps: np.ndarray, n: int, eta: float = 1.0,
            x_T: torch.Tensor | None = None) -> torch.Tensor:
     """``n`` samples ``[n, *shape]`` float64 (data scale: [-1, 1] for images).
 
-    ``timesteps``: 0 = tau_0 < ... < tau_K = T; K network calls per sample.
-    ``x_T``: optional starting noise ``[n, *shape]`` (else drawn from ``generator``).
+    ``timesteps``: 0 = tau_0 < ... < tau_K = T (or tau_K < T where the set has an
+    auxiliary prior); K network calls per sample.
+    ``x_T``: optional starting point x_{tau_K} ``[n, *shape]`` (else drawn from
+    ``generator``: N(0, I) at T, p_aux below T).
     """
     if not 0.0 <= eta <= 1.0:
         raise BadInputError(f"--eta must be in [0, 1] (got {eta}); 1 = ancestral, 0 = DDIM")
     if n < 1:
         raise BadInputError("--n must be at least 1")
-    tau = check_timesteps(timesteps, cset.T)
+    ((tau, aux),) = start_priors(cset, [("to sample", np.asarray(timesteps))])
     shape = (n,) + tuple(cset.manifest.data.shape)
-    if x_T is None:
+    if x_T is None and aux is not None:
+        x_T = aux.sample(n, generator)
+    elif x_T is None:
         x_T = torch.randn(shape, generator=generator, dtype=torch.float64)
     elif tuple(x_T.shape) != shape:
         raise BadInputError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")

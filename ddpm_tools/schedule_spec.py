@@ -1,7 +1,11 @@
-"""Schedules named on the command line: ``FILE``, ``dp:K``, ``even:K``, ``quadratic:K``, ``full``.
+"""Schedules named on the command line: ``FILE``, ``dp:K``, ``dp-truncated:K``, ``even:K``,
+``quadratic:K``, ``full``.
 
 ``dp:K`` runs the exact DP on the set's cached train-split cost table (built first if
-needed), so a schedule is never chosen on the data it is scored on.
+needed), so a schedule is never chosen on the data it is scored on; it always starts at
+T. ``dp-truncated:K`` lets the DP also choose the start among the set's auxiliary
+priors (``train-prior``; the table's prior column), as ``optimize-schedule --truncate``
+does. A schedule file may start below T too (sample and eval-bpd then need a prior there).
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import check_timesteps, even_stride, quadratic_stride
 from ddpm_tools.cost_table import cached_cost_table, set_fingerprint
 from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import CostTable, read_cost_table
+from ddpm_tools.costs_io import CostTable, read_cost_table, standard_prior
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.schedule_file import read_schedule
 from ddpm_tools.sets.denoiser import load_set
 
 SPEC_HELP = ("A schedule JSON file, dp:K (exact DP on the set's train-split cost table), "
-             "even:K, quadratic:K or full (all T steps).")
+             "dp-truncated:K (the DP may also start below T where the set has an auxiliary "
+             "prior), even:K, quadratic:K or full (all T steps).")
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ def _table_for(set_dir: str | Path, T: int, costs: CostSource,
         raise BadInputError(f"{where} has T = {table.T} but the set has T = {T}; build the "
                             "table from this set with cost-table")
     if table.set_sha256 and table.set_sha256 != set_fingerprint(load_set(set_dir)):
-        raise BadInputError(f"{where} was measured on another set (or other weights); "
+        raise BadInputError(f"{where} was measured on another set (or other weights or priors); "
                             "rebuild it with cost-table --set " + str(set_dir))
     if table.split not in (None, "train"):
         raise BadInputError(f"{where} was fitted on the {table.split} split; dp:K must be "
@@ -62,7 +67,7 @@ def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
     spec = spec.strip()
     if spec == "full":
         return "full", np.arange(T + 1, dtype=np.int64)
-    m = re.fullmatch(r"(dp|even|quadratic):(\d+)", spec)
+    m = re.fullmatch(r"(dp|dp-truncated|even|quadratic):(\d+)", spec)
     if m:
         kind, K = m.group(1), int(m.group(2))
         if not 1 <= K <= T:
@@ -72,13 +77,14 @@ def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
         if kind == "quadratic":
             return spec, quadratic_stride(T, K)
         table = _table_for(set_dir, T, costs, progress)
-        return spec, solve_schedules(table.L, table.prior, [K])[0].timesteps
+        prior = table.prior if kind == "dp-truncated" else standard_prior(table.prior)
+        return spec, solve_schedules(table.L, prior, [K])[0].timesteps
     path = Path(spec)
     if not path.exists():
-        raise BadInputError(f"--schedule {spec!r} is neither a file nor one of dp:K, even:K, "
-                            "quadratic:K, full")
+        raise BadInputError(f"--schedule {spec!r} is neither a file nor one of dp:K, "
+                            "dp-truncated:K, even:K, quadratic:K, full")
     sched = read_schedule(path)
     if sched.T != T:
         raise BadInputError(f"schedule {path} is for T = {sched.T} but the set has T = {T}; "
                             "optimize a schedule for this set")
-    return path.name, check_timesteps(sched.timesteps, T)
+    return path.name, check_timesteps(sched.timesteps, T, truncated_ok=True)

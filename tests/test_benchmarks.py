@@ -1,21 +1,21 @@
-"""The benchmark scripts run end to end in their tiny --quick mode and report positive
+"""The benchmark scripts run end to end in their tiny --quick mode through their
+``main(argv) -> dict`` entry points, print the same JSON they return, and report positive
 numbers under the expected keys (no timing assertions: speed targets live in the scripts)."""
 
 from __future__ import annotations
 
+import importlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _run(script: str) -> dict:
-    res = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--json"],
-                         capture_output=True, text=True, timeout=600, check=False)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+def _run(name: str, monkeypatch, capsys) -> dict:
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their _common helpers
+    res = importlib.import_module(name).main(["--quick", "--json"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(res))
+    return res
 
 
 def _positive(d: dict, keys: list[str]) -> None:
@@ -28,8 +28,8 @@ def _machine(res: dict) -> None:
     assert m["cpus"] >= 1 and m["torch"] and m["torch_threads"] >= 1 and m["platform"]
 
 
-def test_bench_train_quick_json():
-    res = _run("bench_train.py")
+def test_bench_train_quick_json(monkeypatch, capsys):
+    res = _run("bench_train", monkeypatch, capsys)
     _machine(res)
     assert res["benchmark"] == "train" and res["settings"]["quick"] is True
     runs = res["runs"]
@@ -42,16 +42,18 @@ def test_bench_train_quick_json():
     assert {x["over"] for x in res["speedups"]} == {r["run"] for r in runs[:2]}
     for x in res["speedups"]:
         _positive(x, ["wall", "loops_only"])
+        assert isinstance(x["ok"], bool)
     _positive(res, ["speedup", "speedup_target"])
     assert isinstance(res["speedup_ok"], bool) and "worker_startup_seconds" in res
     m = res["member_vs_baseline"]
-    _positive(m, ["member_it_s", "baseline_it_s", "ratio", "steps", "threads"])
+    _positive(m, ["member_it_s", "baseline_it_s", "member_it_s_cpu", "baseline_it_s_cpu",
+                  "ratio", "ratio_wall", "steps", "threads"])
     assert m["baseline_t_range"] == [1, res["settings"]["T"]]
     assert 1 == m["member_t_range"][0] < m["member_t_range"][1] < res["settings"]["T"]
 
 
-def test_bench_eval_quick_json():
-    res = _run("bench_eval.py")
+def test_bench_eval_quick_json(monkeypatch, capsys):
+    res = _run("bench_eval", monkeypatch, capsys)
     _machine(res)
     assert res["benchmark"] == "eval" and res["settings"]["quick"] is True
     f, k = res["full_chain"], res["k_step"]

@@ -9,10 +9,10 @@ import pytest
 from safetensors.numpy import save
 from typer.testing import CliRunner
 
-from ddpm_tools.plots import check_plot_target
 from ddpm_tools.cli.main import app
 from ddpm_tools.costs_io import CostTable, write_cost_table
 from ddpm_tools.errors import MissingExtraError
+from ddpm_tools.plots import check_plot_target
 from ddpm_tools.schedule_file import read_schedule
 
 T = 40

@@ -160,7 +160,7 @@ def test_optimize_table_beats_strides():
 def test_optimize_table_strides_na_with_truncated_prior():
     prior = np.full(T + 1, np.inf)
     prior[8] = 0.5  # a truncated prior: every stride ending at T costs +inf
-    res = optimize_table(make_table(prior=prior), [3])
+    res = optimize_table(make_table(prior=prior), [3], truncate=True)
     (r,) = res.results
     assert r.even_bpd is None and r.quadratic_bpd is None
     assert r.schedule.timesteps[-1] == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -21,12 +22,12 @@ from ddpm_tools.cli.common import (
 from ddpm_tools.costs import CostSettings
 from ddpm_tools.data import load_data
 from ddpm_tools.device import resolve_device
-from ddpm_tools.evaluate import ScheduleEval, eval_bpd
+from ddpm_tools.evaluate import ScheduleEval, eval_likelihood
+from ddpm_tools.ode import ODESettings
 from ddpm_tools.sample_io import SampleRun, draw_samples
 from ddpm_tools.schedule_spec import SPEC_HELP, CostSource, resolve_schedule
 from ddpm_tools.sets import load_set
 
-ScheduleOpt = Annotated[list[str], typer.Option("--schedule", help=SPEC_HELP + " Repeatable.")]
 TableSamplesOpt = Annotated[int, typer.Option(
     "--table-samples", min=2, help="Examples of the train-split cost table behind dp:K.")]
 CostsOpt = Annotated[Path | None, typer.Option(
@@ -37,8 +38,10 @@ CostsOpt = Annotated[Path | None, typer.Option(
 @app.command("eval-bpd")
 def eval_bpd_cmd(
     set_dir: Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")],
-    schedule: ScheduleOpt,
     data: Annotated[str, typer.Option(help="Data the set was trained on.")],
+    schedule: Annotated[list[str] | None, typer.Option(
+        "--schedule", help=SPEC_HELP + " Repeatable; with --method ode it defaults to full."
+    )] = None,
     split: Annotated[str, typer.Option(help="Split scored (held out: test).")] = "test",
     samples: Annotated[int | None, typer.Option(min=2, help="Examples (default: the whole "
                                                             "split).")] = None,
@@ -46,6 +49,15 @@ def eval_bpd_cmd(
     costs: CostsOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per network call.")] = 256,
     seed: Annotated[int, typer.Option(help="Picks the examples and the noise.")] = 0,
+    method: Annotated[str, typer.Option(
+        help="elbo: negative ELBO of each schedule; ode: also the probability-flow ODE "
+             "likelihood next to the ELBO (exact up to solver error; for discrete data a "
+             "dequantized bound).")] = "elbo",
+    ode_steps: Annotated[int, typer.Option(
+        min=1, help="--method ode: fixed RK4 steps over t in [1, T].")] = 100,
+    probes: Annotated[int, typer.Option(
+        min=1, help="--method ode: Hutchinson probes per example when D > 16 (exact "
+                    "divergence otherwise).")] = 1,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -53,20 +65,34 @@ def eval_bpd_cmd(
 
     Several --schedule options are scored on the same examples and noise; `vs first`
     is the paired difference to the first schedule, with its own standard error.
+    A schedule may start below T where the set has an auxiliary prior (train-prior).
+    --method ode adds the probability-flow ODE bits/dim (Song et al. 2021; discrete data
+    uniformly dequantized) on the same examples.
     """
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
     split_data = load_data(data, split, seed=seed)
     source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
     with rich_progress(enabled=not json_out) as progress:
-        scheds = [resolve_schedule(s, set_dir, cset.T, source, progress) for s in schedule]
-        results = eval_bpd(cset, split_data, scheds, samples=samples, seed=seed,
-                           batch_size=batch_size, device=dev, progress=progress)
+        scheds = [resolve_schedule(s, set_dir, cset.T, source, progress)
+                  for s in schedule or []]
+        res = eval_likelihood(cset, split_data, scheds, method=method, samples=samples,
+                              seed=seed, batch_size=batch_size, device=dev,
+                              ode=ODESettings(steps=ode_steps, probes=probes,
+                                              batch_size=batch_size), progress=progress)
+    results = res.elbo
     if json_out:
-        print_json([_eval_json(r) for r in results])
+        elbo = [_eval_json(r) for r in results]
+        print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
     _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}); "
                           "± is one standard error")
+    if res.ode is not None:
+        o = res.ode
+        console.print(f"probability-flow ODE: {fmt_se(o.bpd, o.bpd_se)} bits/dim (RK4, "
+                      f"{o.steps} steps, divergence: {o.divergence}"
+                      + (", uniform dequantization: an upper bound" if o.dequantized else "")
+                      + f"; {o.seconds:.1f} s), on the same {o.n} examples")
 
 
 def _eval_json(r: ScheduleEval) -> dict[str, object]:
@@ -96,6 +122,9 @@ def sample_cmd(
                                                    "scatter plot for 2-D data.")] = None,
     eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 = ancestral (the model the "
                                                               "DP scores), 0 = DDIM.")] = 1.0,
+    data: Annotated[str | None, typer.Option(
+        help="Data behind dp:K's train-split table (default: the data the set was trained "
+             "on; needed for diffusers folders).")] = None,
     table_samples: TableSamplesOpt = 512,
     costs: CostsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise; same seed, same samples.")] = 0,
@@ -105,8 +134,8 @@ def sample_cmd(
     """Draw samples along a schedule (K network calls each); images in the data's levels."""
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
-    source = CostSource(cset.manifest.data.name, CostSettings(samples=table_samples, seed=seed),
-                        dev, costs)
+    source = CostSource(data or cset.manifest.data.name,
+                        CostSettings(samples=table_samples, seed=seed), dev, costs)
     with rich_progress(enabled=not json_out) as progress:
         label, tau = resolve_schedule(schedule, set_dir, cset.T, source, progress)
         run = draw_samples(cset, label, tau, n, out, grid=grid, eta=eta, seed=seed,

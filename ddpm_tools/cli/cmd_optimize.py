@@ -45,6 +45,10 @@ def optimize_schedule_cmd(
     samples: Annotated[int, typer.Option(
         min=2, help="With --set: train examples behind the table.")] = 512,
     seed: Annotated[int, typer.Option(help="With --set: the table's examples and noise.")] = 0,
+    truncate: Annotated[bool, typer.Option(
+        "--truncate", help="Let the DP also choose the start time among the set's auxiliary "
+                           "priors (train-prior); reports the untruncated optimum next to it. "
+                           "Default: every schedule starts at T.")] = False,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -75,7 +79,8 @@ def optimize_schedule_cmd(
         source: dict[str, str | int | float] = {
             "costs": str(costs), "costs_sha256": sha256_file(costs)}
         budgets = None if all_budgets else list(dict.fromkeys(budget or []))  # unique, in order
-        result = optimize_table(table, budgets, source=source, progress=progress)
+        result = optimize_table(table, budgets, truncate=truncate, source=source,
+                                progress=progress)
     written = []
     if out is not None:
         for r in result.results:
@@ -109,7 +114,10 @@ def _to_json(result: OptimizeResult) -> dict[str, Any]:
              "predicted_nats": r.predicted_nats,
              "predicted_bpd": r.schedule.predicted_bpd,
              "even_bpd": r.even_bpd,
-             "quadratic_bpd": r.quadratic_bpd}
+             "quadratic_bpd": r.quadratic_bpd,
+             **({"start": r.start, "untruncated_bpd": r.untruncated_bpd,
+                 "untruncated_timesteps": None if r.untruncated_timesteps is None
+                 else [int(t) for t in r.untruncated_timesteps]} if result.truncate else {})}
             for r in result.results
         ],
     }
@@ -118,13 +126,20 @@ def _to_json(result: OptimizeResult) -> dict[str, Any]:
 def _print_table(result: OptimizeResult, costs: Path) -> None:
     table = Table(title=f"{costs}: T = {result.T}, D = {result.dims}; DP solved in "
                         f"{result.solve_seconds:.3f} s (predicted bits/dim, lower is better)")
-    for col in ("K", "DP bits/dim", "even bits/dim", "quadratic bits/dim"):
+    cols = ["K", "DP bits/dim"]
+    if result.truncate:
+        cols += ["start", "from T bits/dim"]
+    for col in (*cols, "even bits/dim", "quadratic bits/dim"):
         table.add_column(col, justify="right")
     table.add_column("timesteps (DP)")
     for r in result.results:
-        table.add_row(str(r.schedule.budget), _bpd(r.schedule.predicted_bpd),
+        extra = [str(r.start), _bpd(r.untruncated_bpd)] if result.truncate else []
+        table.add_row(str(r.schedule.budget), _bpd(r.schedule.predicted_bpd), *extra,
                       _bpd(r.even_bpd), _bpd(r.quadratic_bpd), _abbrev(r.schedule.timesteps))
     console.print(table)
+    if result.truncate:
+        console.print("start: the time the DP's schedule starts from (an auxiliary prior "
+                      "below T); from T: the best schedule of the same K starting at T")
 
 
 def _bpd(x: float | None) -> str:

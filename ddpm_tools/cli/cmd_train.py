@@ -45,15 +45,24 @@ def train_cmd(
     data: Annotated[str, typer.Option(help=DATA_HELP)],
     out: Annotated[Path, typer.Option(help="Folder of the checkpoint set to create (or resume).")],
     intervals: Annotated[int, typer.Option(min=1, help="Members: 1 = single network, T = one "
-                                                       "network per timestep.")] = 4,
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per member.")] = 5000,
+                                                       "network per timestep (multidecoder: "
+                                                       "stages).")] = 4,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps per member (multidecoder: "
+                                                   "joint steps of the whole network).")
+                     ] = 5000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes training members in "
                                                      "parallel.")] = _DEFAULT_WORKERS,
     partition: Annotated[str, typer.Option(help="How [1, T] is cut: uniform (equal steps), "
                                                 "snr (equal log-SNR spans) or cluster "
                                                 "(optimal-denoiser timestep clustering, see "
                                                 "the partition command).")] = "uniform",
-    arch: Annotated[str, typer.Option(help="mlp (vectors), unet (images), or auto.")] = "auto",
+    arch: Annotated[str, typer.Option(help="mlp (vectors), unet (images), multidecoder (one "
+                                           "shared encoder and a decoder per member, MLP "
+                                           "layers, trained jointly in one process; Zhang et "
+                                           "al. 2024), or auto.")] = "auto",
+    stage_sampling: Annotated[str, typer.Option(help="multidecoder: each batch's stage drawn "
+                                                     "uniformly or in proportion to its number "
+                                                     "of timesteps (length).")] = "uniform",
     schedule: Annotated[str, typer.Option(help="Noise schedule: linear or cosine.")] = "linear",
     T: Annotated[int, typer.Option("--T", min=2, help="Diffusion steps.")] = 1000,
     prediction: Annotated[str, typer.Option(help="Network output: eps, x0 or v.")] = "eps",
@@ -71,7 +80,7 @@ def train_cmd(
 ) -> None:
     """Create a checkpoint set (partition [1, T] into members) and train every member."""
     spec = SetSpec(intervals=intervals, partition=partition, arch=arch, schedule=schedule, T=T,
-                   prediction=prediction, variance=variance)
+                   prediction=prediction, variance=variance, stage_sampling=stage_sampling)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema=ema,
                       checkpoint_every=checkpoint_every, seed=seed)
     dev = str(resolve_device(device))

@@ -7,8 +7,11 @@ from ddpm_tools.cli import (  # noqa: F401  (each module registers its commands)
     cmd_demo,
     cmd_eval,
     cmd_eval_samples,
+    cmd_export,
     cmd_inspect,
     cmd_optimize,
+    cmd_partition,
+    cmd_prior,
     cmd_train,
     cmd_version,
 )

@@ -26,7 +26,7 @@ from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import even_stride, quadratic_stride
 from ddpm_tools.cost_table import cached_cost_table, set_fingerprint
 from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import CostTable, predicted_bpd
+from ddpm_tools.costs_io import CostTable, predicted_bpd, standard_prior
 from ddpm_tools.data import load_data
 from ddpm_tools.evaluate import eval_bpd
 from ddpm_tools.fileio import atomic_write_json, ensure_writable_dir
@@ -100,7 +100,7 @@ def _strides(T: int, K: int) -> dict[str, np.ndarray]:
 
 def _predictions(table: CostTable, budgets: list[int]) -> dict[str, Any]:
     """DP schedules and predicted bits/dim (train-split table) for each budget."""
-    sols = solve_schedules(table.L, table.prior, budgets)
+    sols = solve_schedules(table.L, standard_prior(table.prior), budgets)  # chains from T
     rows = []
     for sol in sols:
         K = sol.budget

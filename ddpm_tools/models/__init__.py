@@ -7,13 +7,16 @@ Every network is called as ``net(x, t)`` with ``x: [B, *data_shape]`` float32 an
 or v) and the second half the raw variance output; the caller computes
 v = (raw + 1)/2 (Nichol & Dhariwal 2021, eq. (15)); :func:`split_output` splits.
 
-An architecture is chosen by its config's type; its name ("mlp" | "unet") is used
-only at the JSON boundary (:func:`config_to_dict` / :func:`config_from_dict`).
+An architecture is chosen by its config's type; its name ("mlp" | "unet" |
+"multidecoder") is used only at the JSON boundary (:func:`config_to_dict` /
+:func:`config_from_dict`). A :class:`MultiDecoderConfig` describes one member of a
+multidecoder set (shared encoder + this stage's decoder; :mod:`.multidecoder`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +25,14 @@ from torch import nn
 
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.models.mlp import MLPNet
+from ddpm_tools.models.multidecoder import MultiDecoderNet, SharedEncoder, StageDecoder, StageNet
 from ddpm_tools.models.unet import UNet, check_image_size
 
 __all__ = [
-    "ARCH_NAMES", "ArchConfig", "MLPConfig", "UNetConfig", "arch_name", "build_network",
-    "config_from_dict", "config_to_dict", "count_parameters", "default_config", "split_output",
+    "ARCH_NAMES", "ArchConfig", "MLPConfig", "MultiDecoderConfig", "MultiDecoderNet",
+    "SharedEncoder", "StageDecoder", "StageNet", "UNetConfig", "arch_name", "build_decoder",
+    "build_encoder", "build_multidecoder", "build_network", "config_from_dict",
+    "config_to_dict", "count_parameters", "default_config", "split_output",
 ]
 
 
@@ -87,14 +93,40 @@ class UNetConfig:
         object.__setattr__(self, "dropout", float(d))
 
 
-ArchConfig = MLPConfig | UNetConfig
-_BY_NAME: dict[str, type[MLPConfig] | type[UNetConfig]] = {"mlp": MLPConfig, "unet": UNetConfig}
+@dataclass(frozen=True)
+class MultiDecoderConfig:
+    """One stage of a multi-decoder network (Zhang et al. 2024; :mod:`.multidecoder`): the
+    shared encoder, identical in every member of the set, and this stage's decoder.
+
+    MLP layers over the flattened input, for images and vectors alike.
+    """
+
+    hidden: int = 256  # width of the shared encoder's layers and of its time embedding (units)
+    encoder_depth: int = 2  # hidden layers of the shared encoder
+    decoder_width: int = 256  # width of this stage's decoder layers (units; may differ by stage)
+    decoder_depth: int = 1  # hidden layers of this stage's decoder
+    time_dim: int = 64  # number of sinusoids embedding t in the shared encoder
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("hidden", 1), ("encoder_depth", 1), ("decoder_width", 1),
+                              ("decoder_depth", 1), ("time_dim", 2)):
+            _check_int("MultiDecoderConfig", name, getattr(self, name), minimum)
+
+    @property
+    def encoder_key(self) -> tuple[int, int, int]:
+        """The fields the shared encoder depends on: (hidden, encoder_depth, time_dim)."""
+        return (self.hidden, self.encoder_depth, self.time_dim)
+
+
+ArchConfig = MLPConfig | UNetConfig | MultiDecoderConfig
+_BY_NAME: dict[str, type[MLPConfig] | type[UNetConfig] | type[MultiDecoderConfig]] = {
+    "mlp": MLPConfig, "unet": UNetConfig, "multidecoder": MultiDecoderConfig}
 ARCH_NAMES: tuple[str, ...] = tuple(_BY_NAME)
 
 
 def arch_name(config: ArchConfig) -> str:
-    """The JSON name of a config's architecture: "mlp" or "unet"."""
-    return "mlp" if isinstance(config, MLPConfig) else "unet"
+    """The JSON name of a config's architecture: "mlp", "unet" or "multidecoder"."""
+    return next(name for name, cls in _BY_NAME.items() if isinstance(config, cls))
 
 
 def config_to_dict(config: ArchConfig) -> dict[str, object]:
@@ -132,21 +164,54 @@ def config_from_dict(name: str, d: dict[str, object]) -> ArchConfig:
         raise CheckpointError(f"bad {name} config in the checkpoint manifest: {e}") from None
 
 
-def build_network(config: ArchConfig, data_shape: tuple[int, ...], out_factor: int
-                  ) -> nn.Module:
-    """A freshly initialised float32 network for ``data_shape`` (per example, no batch).
-
-    MLPConfig takes vectors ``(D,)`` or flattens any other shape; UNetConfig needs
-    images ``(C, H, W)``.
-    ``out_factor`` is 1, or 2 for learned_range (prediction and raw variance).
-    """
+def _check_shape(data_shape: tuple[int, ...], out_factor: int) -> tuple[int, ...]:
     shape = tuple(int(s) for s in data_shape)
     if out_factor not in (1, 2):
         raise BadInputError(f"out_factor must be 1 or 2 (got {out_factor!r})")
     if any(s < 1 for s in shape):
         raise BadInputError(f"data_shape {shape} has an empty dimension")
+    return shape
+
+
+def build_encoder(config: MultiDecoderConfig, data_shape: tuple[int, ...]) -> SharedEncoder:
+    """A freshly initialised shared encoder of a multidecoder set."""
+    return SharedEncoder(_check_shape(data_shape, 1), config.hidden, config.encoder_depth,
+                         config.time_dim)
+
+
+def build_decoder(config: MultiDecoderConfig, data_shape: tuple[int, ...], out_factor: int
+                  ) -> StageDecoder:
+    """A freshly initialised decoder of one stage (member) of a multidecoder set."""
+    return StageDecoder(_check_shape(data_shape, out_factor), out_factor, config.hidden,
+                        config.decoder_width, config.decoder_depth)
+
+
+def build_multidecoder(configs: Sequence[MultiDecoderConfig], t_hi: Sequence[int],
+                       data_shape: tuple[int, ...], out_factor: int) -> MultiDecoderNet:
+    """The jointly trained network of a multidecoder set: one encoder, one decoder per
+    stage k with ``configs[k]`` (their encoder fields must agree), stage k ending at
+    ``t_hi[k]``."""
+    if not configs or any(c.encoder_key != configs[0].encoder_key for c in configs):
+        raise BadInputError("the stages of a multidecoder share one encoder, so their hidden, "
+                            "encoder_depth and time_dim must agree")
+    return MultiDecoderNet(build_encoder(configs[0], data_shape),
+                           [build_decoder(c, data_shape, out_factor) for c in configs], t_hi)
+
+
+def build_network(config: ArchConfig, data_shape: tuple[int, ...], out_factor: int
+                  ) -> nn.Module:
+    """A freshly initialised float32 network for ``data_shape`` (per example, no batch).
+
+    MLPConfig and MultiDecoderConfig take vectors ``(D,)`` or flatten any other shape;
+    UNetConfig needs images ``(C, H, W)``. A MultiDecoderConfig gives a :class:`StageNet`
+    with an encoder of its own (a multidecoder set shares one: :func:`build_multidecoder`).
+    ``out_factor`` is 1, or 2 for learned_range (prediction and raw variance).
+    """
+    shape = _check_shape(data_shape, out_factor)
     if isinstance(config, MLPConfig):
         return MLPNet(shape, out_factor, config.hidden, config.depth, config.time_dim)
+    if isinstance(config, MultiDecoderConfig):
+        return StageNet(build_encoder(config, shape), build_decoder(config, shape, out_factor))
     if len(shape) != 3:
         raise BadInputError(
             f"the unet architecture takes images (C, H, W) but the data has shape {shape}; "
@@ -164,10 +229,12 @@ MAX_ATTENTION_SIZE = 16  # default attention only at the lowest level, if at mos
 
 
 def default_config(arch: str, data_shape: tuple[int, ...]) -> ArchConfig:
-    """Small, CPU-friendly defaults for ``arch`` ("mlp", "unet" or "auto") and the data.
+    """Small, CPU-friendly defaults for ``arch`` ("mlp", "unet", "multidecoder" or "auto").
 
     "auto" picks mlp for vectors ``(D,)`` and unet for images ``(C, H, W)``. mlp:
-    :class:`MLPConfig` defaults. unet: base 32 channels, one res block per level, the
+    :class:`MLPConfig` with 4 units per input dimension (128..1024). multidecoder: the
+    same width, a 2-layer shared encoder and 1-layer decoders (each member as deep and
+    about as large as the mlp default). unet: base 32 channels, one res block per level, the
     most levels (<= 3) that keep H, W divisible and feature maps >= 4x4, channel_mult
     (1, 2[, 2]), attention at the lowest level if it is at most 16x16. E.g. 8x8 ->
     (1, 2) with attention at 4; 28x28 -> (1, 2, 2) at 7; 32x32 -> (1, 2, 2) at 8.
@@ -175,13 +242,17 @@ def default_config(arch: str, data_shape: tuple[int, ...]) -> ArchConfig:
     shape = tuple(int(s) for s in data_shape)
     if arch == "auto":
         arch = "mlp" if len(shape) == 1 else "unet"
-    if arch == "mlp":  # wider for larger (flattened) inputs: 4 units per dimension, 128..1024
+    if arch in ("mlp", "multidecoder"):  # wider for larger (flattened) inputs
         dims = 1
         for d in shape:
             dims *= d
-        return MLPConfig(hidden=min(1024, max(128, 4 * dims)))
+        width = min(1024, max(128, 4 * dims))
+        if arch == "mlp":
+            return MLPConfig(hidden=width)
+        return MultiDecoderConfig(hidden=width, decoder_width=width)
     if arch != "unet":
-        raise BadInputError(f"unknown architecture {arch!r}; choose mlp, unet or auto")
+        raise BadInputError(f"unknown architecture {arch!r}; choose mlp, unet, multidecoder "
+                            "or auto")
     if len(shape) != 3:
         raise BadInputError(
             f"the unet architecture takes images (C, H, W) but the data has shape {shape}; "

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_tools.models import arch_name, count_parameters
-from ddpm_tools.sets.denoiser import CheckpointSet, build_member
-from ddpm_tools.sets.manifest import read_manifest
+from ddpm_tools.sets.denoiser import build_member, load_set
+from ddpm_tools.sets.manifest import ExternalArch
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,16 @@ def inspect_set(path: str | os.PathLike[str]) -> SetReport:
     Any problem raises a CheckpointError naming the member; untrained members are
     reported as such.
     """
-    man = read_manifest(path)
-    cset = CheckpointSet(path, man)
+    cset = load_set(path, require_trained=False)  # a ddpm-tools set or a diffusers folder
+    man = cset.manifest
     members = []
     for m in man.members:
         if m.sha256 is None:
             params, status = count_parameters(build_member(man, m)), "untrained"
         else:
             params, status = count_parameters(cset.load_member(m.index)), "ok"
-        members.append(MemberReport(m.index, m.t_lo, m.t_hi, arch_name(m.arch), params,
+        arch = m.arch.model_class if isinstance(m.arch, ExternalArch) else arch_name(m.arch)
+        members.append(MemberReport(m.index, m.t_lo, m.t_hi, arch, params,
                                     m.state.steps_done, m.state.steps_target,
                                     m.state.final_loss, status))
     return SetReport(Path(path), man.T, man.schedule.name, man.prediction, man.variance,

@@ -5,6 +5,11 @@ per member (DESIGN.md, "Checkpoint set"). Members own inclusive time ranges
 [t_lo, t_hi] that tile [1, T] exactly. Training state per member lives in the
 manifest too; concurrent writers (parallel workers, job-array elements) update it
 under an exclusive file lock (:func:`update_manifest`).
+
+A multidecoder set (Zhang et al. 2024; :mod:`ddpm_tools.models.multidecoder`) stores
+its shared encoder once, in the file named by the optional ``shared_encoder`` entry
+(with its sha256); each member's file then holds only that member's decoder.
+Manifests without the entry (every other set) read as before.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from ddpm_tools.core.diffusion import PREDICTIONS, VARIANCE_TYPES
 from ddpm_tools.core.schedules import NoiseSchedule, schedule_from_spec
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.fileio import atomic_write_json, read_json
-from ddpm_tools.models import ArchConfig, arch_name, config_from_dict, config_to_dict
+from ddpm_tools.models import (
+    ArchConfig,
+    MultiDecoderConfig,
+    arch_name,
+    config_from_dict,
+    config_to_dict,
+)
 
 MANIFEST_NAME = "ddpm_set.json"
 LOCK_NAME = ".ddpm_set.lock"
@@ -40,13 +51,26 @@ class MemberState:
 
 
 @dataclass(frozen=True)
+class ExternalArch:
+    """A network defined by another library and read in place (a diffusers folder).
+
+    ddpm-tools neither builds, trains nor writes such a member; the set holding it
+    loads it (:class:`ddpm_tools.sets.diffusers_set.DiffusersSet`).
+    """
+
+    library: str  # the library that defines the network: "diffusers"
+    model_class: str  # its class in that library, e.g. "UNet2DModel"
+    config: str  # the network's config file, relative to the set folder
+
+
+@dataclass(frozen=True)
 class Member:
     """One network of the set; it owns the integer times t_lo..t_hi (inclusive)."""
 
     index: int  # position in the set, 0-based
     t_lo: int  # first time owned, 1 <= t_lo
     t_hi: int  # last time owned, t_hi <= T
-    arch: ArchConfig  # architecture and its config
+    arch: ArchConfig | ExternalArch  # our architecture and its config, or an external network
     weights: str  # weights file name inside the set folder (safetensors)
     sha256: str | None = None  # sha256 of the weights file; None until trained
     state: MemberState = field(default_factory=MemberState)
@@ -62,6 +86,14 @@ class DataInfo:
 
 
 @dataclass(frozen=True)
+class SharedWeights:
+    """Weights every member uses, stored once: the encoder of a multidecoder set."""
+
+    weights: str  # weights file name inside the set folder (safetensors)
+    sha256: str | None = None  # sha256 of the weights file; None until trained
+
+
+@dataclass(frozen=True)
 class SetManifest:
     """Everything ``ddpm_set.json`` records (DESIGN.md, "Checkpoint set")."""
 
@@ -72,6 +104,7 @@ class SetManifest:
     members: tuple[Member, ...]  # tile [1, T] in order
     clip_x0: bool = True  # clip x0_hat to [-1, 1] (discrete data only)
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig as JSON (provenance)
+    shared_encoder: SharedWeights | None = None  # multidecoder sets only: the shared weights
 
     @property
     def T(self) -> int:
@@ -110,8 +143,43 @@ def check_tiling(members: tuple[Member, ...] | list[Member], T: int, where: str)
         )
 
 
+def check_shared_encoder(members: tuple[Member, ...] | list[Member],
+                         shared: SharedWeights | None, where: str) -> None:
+    """A set has a shared encoder exactly when its members are multidecoder stages, and
+    then their encoder fields (hidden, encoder_depth, time_dim) agree."""
+    stages = [m.arch for m in members if isinstance(m.arch, MultiDecoderConfig)]
+    if shared is None and not stages:
+        return
+    if shared is None or len(stages) != len(members):
+        raise CheckpointError(
+            f"{where}: a set with a shared encoder must consist of multidecoder members and "
+            "multidecoder members need the shared_encoder entry; re-create the set with "
+            "ddpm-tools train --arch multidecoder"
+        )
+    keys = {c.encoder_key for c in stages}
+    if len(keys) > 1:
+        raise CheckpointError(
+            f"{where}: the multidecoder members disagree on the shared encoder (hidden, "
+            f"encoder_depth, time_dim: {sorted(keys)}); give every member the same encoder"
+        )
+    if Path(shared.weights).name != shared.weights:
+        raise CheckpointError(f"{where}: shared encoder file {shared.weights!r} must be a "
+                              "plain file name")
+
+
+def _arch_fields(mb: Member) -> dict[str, object]:
+    """The ``arch`` and ``config`` entries of a member in ``ddpm_set.json``."""
+    if isinstance(mb.arch, ExternalArch):
+        raise CheckpointError(
+            f"member {mb.index} is a {mb.arch.library} {mb.arch.model_class} read in place; "
+            "ddpm-tools writes no manifest for another library's checkpoint"
+        )
+    return {"arch": arch_name(mb.arch), "config": config_to_dict(mb.arch)}
+
+
 def manifest_to_json(m: SetManifest) -> dict[str, Any]:
     """The JSON object written to ``ddpm_set.json``."""
+    shared = {} if m.shared_encoder is None else {"shared_encoder": asdict(m.shared_encoder)}
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -125,14 +193,14 @@ def manifest_to_json(m: SetManifest) -> dict[str, Any]:
                 "index": mb.index,
                 "t_lo": mb.t_lo,
                 "t_hi": mb.t_hi,
-                "arch": arch_name(mb.arch),
-                "config": config_to_dict(mb.arch),
+                **_arch_fields(mb),
                 "weights": mb.weights,
                 "sha256": mb.sha256,
                 "state": asdict(mb.state),
             }
             for mb in m.members
         ],
+        **shared,
         "training": m.training,
     }
 
@@ -195,9 +263,18 @@ def manifest_from_json(obj: Any, where: str) -> SetManifest:
             state=state,
         ))
     check_tiling(members, schedule.T, where)
+    shared = None
+    if obj.get("shared_encoder") is not None:
+        sj = _get(obj, "shared_encoder", dict, where)
+        sha = sj.get("sha256")
+        if sha is not None and not isinstance(sha, str):
+            raise CheckpointError(f"{where}: the shared encoder's sha256 must be a string or "
+                                  "null")
+        shared = SharedWeights(_get(sj, "weights", str, f"{where}, shared_encoder"), sha)
+    check_shared_encoder(members, shared, where)
     return SetManifest(schedule=schedule, data=data, prediction=prediction, variance=variance,
                        members=tuple(members), clip_x0=bool(obj.get("clip_x0", True)),
-                       training=dict(obj.get("training") or {}))
+                       training=dict(obj.get("training") or {}), shared_encoder=shared)
 
 
 def read_manifest(set_dir: str | os.PathLike[str]) -> SetManifest:
@@ -215,6 +292,7 @@ def read_manifest(set_dir: str | os.PathLike[str]) -> SetManifest:
 def write_manifest(set_dir: str | os.PathLike[str], m: SetManifest) -> None:
     """Write ``ddpm_set.json`` atomically (validating the tiling first)."""
     check_tiling(m.members, m.T, str(set_dir))
+    check_shared_encoder(m.members, m.shared_encoder, str(set_dir))
     atomic_write_json(Path(set_dir) / MANIFEST_NAME, manifest_to_json(m))
 
 

@@ -3,6 +3,8 @@
 Members are independent (Haxholli & Lorenzi 2023), so ``train_set`` spreads them
 over ``workers`` processes (each with its share of the CPU threads); under torchrun,
 :func:`torchrun_members` gives rank r the members r, r + W, r + 2W, ...
+The members of a multidecoder set share their encoder: they train jointly, in one
+process (:mod:`ddpm_tools.training.joint`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,19 @@ from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.manifest import read_manifest
 from ddpm_tools.training.config import TrainConfig
+from ddpm_tools.training.joint import train_multidecoder, trains_jointly
 from ddpm_tools.training.trainer import MemberResult, train_member
+
+
+def _worker_context() -> Any:
+    """Worker processes forked from a server that imported torch and the trainer once
+    (cheap start-up, and safe: the server never ran a parallel region); spawn where the
+    platform has no forkserver."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["ddpm_tools.training.trainer"])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def _worker_init(threads: int) -> None:
@@ -43,22 +57,27 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
               members: list[int] | None = None) -> list[MemberResult]:
     """Train ``members`` (default: all) of the set, ``workers`` at a time.
 
-    ``workers = 1`` trains in this process. More workers use spawned processes, each
+    ``workers = 1`` trains in this process. More workers use fresh processes, each
     with ``cpu_count // workers`` torch threads; members are handed out as workers free
-    up. Already trained members are skipped; interrupted ones resume.
+    up. Already trained members are skipped; interrupted ones resume. A multidecoder
+    set trains jointly in this process (``workers`` unused).
     """
     set_dir = Path(set_dir)
     man = read_manifest(set_dir)
     todo = list(range(len(man.members))) if members is None else members
     if workers < 1:
         raise BadInputError("--workers must be at least 1")
+    if man.shared_encoder is not None:
+        if sorted(todo) != list(range(len(man.members))):
+            raise BadInputError(trains_jointly(set_dir))
+        return train_multidecoder(set_dir, steps=steps, device=device, progress=progress)
     if workers == 1 or len(todo) == 1:
         cfg = TrainConfig.from_json(man.training)
         data = load_data(man.data.name, "train", seed=cfg.seed)
         return [train_member(set_dir, i, steps=steps, device=device, progress=progress,
                              data=data) for i in todo]
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
+    ctx = _worker_context()
     with mp.Manager() as manager:
         events = manager.Queue()
         stop = threading.Event()

@@ -8,6 +8,9 @@ state -- weights, EMA weights, Adam moments, the data/noise generator, torch's g
 RNG (dropout), the step and the loss window -- is written atomically to one
 safetensors file ``ckpt/member_XXXX.ckpt.safetensors``. A rerun restores it and
 continues; on the CPU the result is bit-identical to an uninterrupted run.
+
+The state, checkpoint, EMA and loop helpers are public: the joint training of a
+multidecoder set (:mod:`ddpm_tools.training.joint`) runs on them too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +67,9 @@ def checkpoint_path(set_dir: Path, index: int) -> Path:
 
 
 @dataclass
-class _State:
+class TrainState:
+    """Everything a resumable training run carries from step to step."""
+
     net: torch.nn.Module
     ema: dict[str, torch.Tensor]
     opt: torch.optim.Adam
@@ -74,8 +80,18 @@ class _State:
     seconds: float
 
 
-def _save_checkpoint(path: Path, st: _State, index: int) -> None:
-    """All training state in one safetensors file, written atomically."""
+def new_state(net: torch.nn.Module, cfg: TrainConfig, seed: int) -> TrainState:
+    """A fresh state: EMA = the initial weights, Adam, generators seeded from ``seed``."""
+    return TrainState(net=net, ema={k: v.detach().clone() for k, v in net.state_dict().items()},
+                      opt=torch.optim.Adam(net.parameters(), lr=cfg.lr),
+                      gen=torch.Generator(device="cpu").manual_seed(seed),
+                      global_rng=torch.Generator().manual_seed(seed + 1).get_state(),
+                      step=0, losses=[], seconds=0.0)
+
+
+def save_checkpoint(path: Path, st: TrainState, index: int | str) -> None:
+    """All training state in one safetensors file, written atomically; ``index`` (the
+    member, or a name for a joint run) is recorded and checked on loading."""
     tensors: dict[str, torch.Tensor] = {}
     for k, v in st.net.state_dict().items():
         tensors[f"net/{k}"] = v.detach().cpu().clone().contiguous()
@@ -91,8 +107,9 @@ def _save_checkpoint(path: Path, st: _State, index: int) -> None:
     atomic_write_bytes(path, save(tensors, metadata=meta))
 
 
-def _load_checkpoint(path: Path, st: _State, index: int) -> None:
-    """Restore ``st`` in place from a checkpoint written by :func:`_save_checkpoint`."""
+def load_checkpoint(path: Path, st: TrainState, index: int | str) -> None:
+    """Restore ``st`` in place from a checkpoint written by :func:`save_checkpoint`."""
+    who = f"member {index}" if isinstance(index, int) else index
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open
@@ -101,10 +118,10 @@ def _load_checkpoint(path: Path, st: _State, index: int) -> None:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"training checkpoint {path} is unreadable ({e}); delete it to "
-                              "restart this member from scratch") from None
+                              f"restart {who} from scratch") from None
     if meta.get("format") != CKPT_FORMAT or meta.get("member") != str(index):
-        raise CheckpointError(f"{path} is not a training checkpoint of member {index}; "
-                              "delete it to restart this member")
+        raise CheckpointError(f"{path} is not a training checkpoint of {who}; "
+                              f"delete it to restart {who} from scratch")
     try:
         st.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net/")})
         st.ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
@@ -116,8 +133,8 @@ def _load_checkpoint(path: Path, st: _State, index: int) -> None:
         groups = st.opt.state_dict()["param_groups"]
         st.opt.load_state_dict({"state": opt_state, "param_groups": groups})
     except (RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"training checkpoint {path} does not fit this member ({e}); "
-                              "delete it to restart the member") from None
+        raise CheckpointError(f"training checkpoint {path} does not fit {who} ({e}); "
+                              f"delete it to restart {who} from scratch") from None
     st.gen.set_state(tensors["rng/gen"])
     st.global_rng = tensors["rng/global"]
     st.step = int(meta["step"])
@@ -125,8 +142,8 @@ def _load_checkpoint(path: Path, st: _State, index: int) -> None:
     st.losses = json.loads(meta["losses"])
 
 
-def _ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int
-                ) -> None:
+def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int
+               ) -> None:
     """ema <- d ema + (1 - d) theta, with d = min(decay, (1 + step) / (10 + step)) warm-up."""
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
@@ -165,41 +182,49 @@ def train_member(
     if member.sha256 is not None and member.state.steps_done >= target:
         return MemberResult(index, member.t_lo, member.t_hi, member.state.steps_done,
                             member.state.final_loss, member.state.seconds, skipped=True)
-    if data is None:
-        data = load_data(man.data.name, "train", seed=cfg.seed)
-    if tuple(data.shape) != man.data.shape:
-        raise BadInputError(f"data {data.name} has shape {data.shape}, the set was made for "
-                            f"{man.data.shape}")
     dev = torch.device(device)
-    x_all = torch.as_tensor(data.x, dtype=torch.float32, device=dev)
+    x_all = train_tensor(man, cfg, data, dev)
 
     member_seed = cfg.seed * SEED_STRIDE + index
     with torch.random.fork_rng(devices=[]):  # initial weights from the member's own seed
         torch.manual_seed(member_seed)
         net = build_member(man, member).to(dev)
-    gen = torch.Generator(device="cpu").manual_seed(member_seed)
-    st = _State(net=net, ema={k: v.detach().clone() for k, v in net.state_dict().items()},
-                opt=torch.optim.Adam(net.parameters(), lr=cfg.lr), gen=gen,
-                global_rng=torch.Generator().manual_seed(member_seed + 1).get_state(),
-                step=0, losses=[], seconds=0.0)
+    st = new_state(net, cfg, member_seed)
     ckpt = checkpoint_path(set_dir, index)
     if ckpt.exists():
-        _load_checkpoint(ckpt, st, index)
+        load_checkpoint(ckpt, st, index)
         st.ema = {k: v.to(dev) for k, v in st.ema.items()}
     task = f"member {index} [t {member.t_lo}..{member.t_hi}]"
-    _run_steps(man, member.t_lo, member.t_hi, cfg, st, x_all, target, ckpt, index, task,
-               progress, stop_after)
+    run_steps(man, [(member.t_lo, member.t_hi)], cfg, st, x_all, target, ckpt, index, task,
+              progress, stop_after)
     if st.step < target:  # stopped early on request: checkpoint saved, manifest untouched
         return MemberResult(index, member.t_lo, member.t_hi, st.step, None, st.seconds, False)
     return _finish(set_dir, man, index, cfg, st, target)
 
 
-def _run_steps(man: SetManifest, t_lo: int, t_hi: int, cfg: TrainConfig, st: _State,
-               x_all: torch.Tensor, target: int, ckpt: Path, index: int, task: str,
-               progress: ProgressFn | None, stop_after: int | None) -> None:
-    """The optimisation loop: t ~ U{t_lo..t_hi}, x_t ~ q(x_t | x_0), loss, Adam, EMA."""
+def train_tensor(man: SetManifest, cfg: TrainConfig, data: DataSplit | None,
+                 device: torch.device) -> torch.Tensor:
+    """The set's train split (``data`` if already loaded) as float32 ``[N, ...]`` on
+    ``device``, checked against the set's data shape."""
+    if data is None:
+        data = load_data(man.data.name, "train", seed=cfg.seed)
+    if tuple(data.shape) != man.data.shape:
+        raise BadInputError(f"data {data.name} has shape {data.shape}, the set was made for "
+                            f"{man.data.shape}")
+    return torch.as_tensor(data.x, dtype=torch.float32, device=device)
+
+
+def run_steps(man: SetManifest, ranges: list[tuple[int, int]], cfg: TrainConfig,
+              st: TrainState, x_all: torch.Tensor, target: int, ckpt: Path, index: int | str,
+              task: str, progress: ProgressFn | None, stop_after: int | None,
+              stage_p: torch.Tensor | None = None) -> None:
+    """The optimisation loop: a batch of examples, a range k ~ ``stage_p`` (drawn only when
+    there are several inclusive ``ranges`` (t_lo, t_hi); default uniform), t ~
+    U{t_lo_k..t_hi_k}, x_t ~ q(x_t | x_0), loss, Adam, EMA; a checkpoint every
+    ``cfg.checkpoint_every`` steps."""
     dev = x_all.device
     n = x_all.shape[0]
+    p = stage_p if stage_p is not None else torch.ones(len(ranges), dtype=torch.float64)
     start_step, t0 = st.step, time.perf_counter()
     seconds0 = st.seconds
     with torch.random.fork_rng(devices=[]):
@@ -209,6 +234,8 @@ def _run_steps(man: SetManifest, t_lo: int, t_hi: int, cfg: TrainConfig, st: _St
             if stop_after is not None and st.step - start_step >= stop_after:
                 break
             idx = torch.randint(n, (min(cfg.batch_size, n),), generator=st.gen)
+            k = 0 if len(ranges) == 1 else int(torch.multinomial(p, 1, generator=st.gen))
+            t_lo, t_hi = ranges[k]
             t = torch.randint(t_lo, t_hi + 1, (idx.shape[0],), generator=st.gen)
             x0 = x_all[idx.to(dev)]
             noise = torch.randn(x0.shape, generator=st.gen).to(dev)
@@ -222,11 +249,11 @@ def _run_steps(man: SetManifest, t_lo: int, t_hi: int, cfg: TrainConfig, st: _St
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(st.net.parameters(), cfg.grad_clip)
             st.opt.step()
-            _ema_update(st.ema, st.net, cfg.ema, st.step)
+            ema_update(st.ema, st.net, cfg.ema, st.step)
             st.step += 1
             st.losses = (st.losses + [float(loss.detach())])[-LOSS_WINDOW:]
             if not np.isfinite(st.losses[-1]):
-                raise BadInputError(f"training of member {index} diverged (loss is "
+                raise BadInputError(f"training of {task} diverged (loss is "
                                     f"{st.losses[-1]}) at step {st.step}; lower --lr")
             elapsed = time.perf_counter() - t0
             st.seconds = seconds0 + elapsed
@@ -235,24 +262,34 @@ def _run_steps(man: SetManifest, t_lo: int, t_hi: int, cfg: TrainConfig, st: _St
                        it_s=(st.step - start_step) / max(elapsed, 1e-9))
             if st.step % cfg.checkpoint_every == 0 or st.step == target:
                 st.global_rng = torch.get_rng_state()
-                _save_checkpoint(ckpt, st, index)
+                save_checkpoint(ckpt, st, index)
         st.global_rng = torch.get_rng_state()
     if stop_after is not None and st.step < target:
-        _save_checkpoint(ckpt, st, index)
+        save_checkpoint(ckpt, st, index)
 
 
-def _finish(set_dir: Path, man: SetManifest, index: int, cfg: TrainConfig, st: _State,
+def final_weights(cfg: TrainConfig, st: TrainState) -> dict[str, torch.Tensor]:
+    """The weights to save: the EMA weights if enabled, else the raw ones (CPU copies)."""
+    final = st.ema if cfg.ema > 0 else st.net.state_dict()
+    return {k: v.detach().cpu().clone().contiguous() for k, v in final.items()}
+
+
+def write_weights(path: Path, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> str:
+    """Write a safetensors weights file atomically; returns its sha256.
+
+    ``info`` is stored as ONE JSON metadata entry: safetensors orders several entries
+    arbitrarily, which would make the file's sha256 differ between identical runs.
+    """
+    atomic_write_bytes(path, save(weights, metadata={"ddpm_tools": json.dumps(info)}))
+    return sha256_file(path)
+
+
+def _finish(set_dir: Path, man: SetManifest, index: int, cfg: TrainConfig, st: TrainState,
             target: int) -> MemberResult:
     """Write the final weights (EMA if enabled) atomically and record them in the manifest."""
     member = man.members[index]
-    final = st.ema if cfg.ema > 0 else st.net.state_dict()
-    weights = {k: v.detach().cpu().clone().contiguous() for k, v in final.items()}
-    path = set_dir / member.weights
-    # one metadata key: safetensors orders several keys arbitrarily, which would make
-    # the file's sha256 differ between identical runs
-    meta = {"ddpm_tools": json.dumps({"member": index, "steps": st.step})}
-    atomic_write_bytes(path, save(weights, metadata=meta))
-    digest = sha256_file(path)
+    digest = write_weights(set_dir / member.weights, final_weights(cfg, st),
+                           {"member": index, "steps": st.step})
     final_loss = float(np.mean(st.losses)) if st.losses else None
     state = MemberState(steps_done=st.step, steps_target=target, final_loss=final_loss,
                         seconds=st.seconds)
