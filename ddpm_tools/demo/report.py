@@ -98,12 +98,18 @@ def _data_section(data: str, res: dict[str, Any], pictures: list[str]) -> list[s
             lines.append(f"| {k} | {_f(r['dp_pred'])} | {_pm(meas.get(f'dp:{k}'))} | "
                          f"{_f(r['even_pred'])} | {_pm(meas.get(f'even:{k}'))} | "
                          f"{_f(r['quadratic_pred'])} | {_pm(meas.get(f'quadratic:{k}'))} |")
-        lines += ["", "Sample quality (test split as reference):", "",
-                  "| schedule | metric | value | meaning |", "|---|---|---|---|"]
-        for label, sq in s["samples"].items():
-            for m in sq["metrics"]:
-                v = f"{m['value']:.4g}" + (f" ± {m['se']:.2g}" if m["se"] is not None else "")
-                lines.append(f"| {label} | {m['name']} | {v} | {m['meaning']} |")
+        labels = list(s["samples"])
+        lines += ["", f"Sample quality against the test split ({plan['sample_n']} samples per "
+                  "schedule):", "", "| metric | " + " | ".join(labels) + " | meaning |",
+                  "|---" * (len(labels) + 2) + "|"]
+        first = s["samples"][labels[0]]["metrics"]
+        for i, m0 in enumerate(first):
+            cells = []
+            for lb in labels:
+                m = s["samples"][lb]["metrics"][i]
+                cells.append(f"{m['value']:.4g}" + (f" ± {m['se']:.2g}" if m["se"] else ""))
+            meaning = m0["meaning"].replace("|", "\\|")  # keep markdown tables intact
+            lines.append(f"| {m0['name']} | " + " | ".join(cells) + f" | {meaning} |")
         acc = next((sq["classifier_accuracy"] for sq in s["samples"].values()
                     if sq["classifier_accuracy"] is not None), None)
         if acc is not None:
