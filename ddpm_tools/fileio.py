@@ -91,6 +91,12 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         ) from None
 
 
+def cache_root() -> Path:
+    """The per-user cache of ddpm-tools: ``$DDPM_TOOLS_CACHE`` or ``~/.cache/ddpm-tools``."""
+    root = os.environ.get("DDPM_TOOLS_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ddpm-tools"
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

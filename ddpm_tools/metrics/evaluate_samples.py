@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 import zipfile
 import zlib
@@ -29,7 +28,7 @@ from safetensors.numpy import load_file, save
 
 from ddpm_tools.data import DATA_NAMES, DataSplit, has_true_density, load_data, true_log_density
 from ddpm_tools.errors import BadInputError, DdpmToolsError
-from ddpm_tools.fileio import atomic_write_bytes, sha256_bytes, sha256_file
+from ddpm_tools.fileio import atomic_write_bytes, cache_root, sha256_bytes, sha256_file
 from ddpm_tools.metrics import distances, two_sample
 from ddpm_tools.metrics.classifier import (
     digits_features,
@@ -159,9 +158,7 @@ def _check_samples(s: np.ndarray, file_levels: int | None, data: DataSplit,
 
 def refstats_dir() -> Path:
     """Folder of cached reference statistics: ``$DDPM_TOOLS_CACHE/refstats`` or the default."""
-    root = os.environ.get("DDPM_TOOLS_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "ddpm-tools"
-    return base / "refstats"
+    return cache_root() / "refstats"
 
 
 def _cached(data: DataSplit, stats_id: str, names: tuple[str, ...],

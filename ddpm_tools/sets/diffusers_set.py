@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ddpm_tools.errors import CheckpointError, MissingExtraError
-from ddpm_tools.fileio import read_json, sha256_file
+from ddpm_tools.fileio import cache_root, read_json, sha256_file
 from ddpm_tools.sets.denoiser import CheckpointSet
 from ddpm_tools.sets.diffusers_config import read_scheduler_config, read_unet_config
 from ddpm_tools.sets.manifest import MANIFEST_NAME, DataInfo, ExternalArch, Member, SetManifest
@@ -202,9 +202,7 @@ class DiffusersSet(CheckpointSet):
         local = self.path / COSTS_SUBDIR
         if os.access(local if local.is_dir() else self.path, os.W_OK):
             return local
-        env = os.environ.get("DDPM_TOOLS_CACHE")
-        base = Path(env).expanduser() if env else Path.home() / ".cache" / "ddpm-tools"
-        return base / "diffusers-costs" / str(self.manifest.members[0].sha256)[:16]
+        return cache_root() / "diffusers-costs" / str(self.manifest.members[0].sha256)[:16]
 
     def member_where(self, member: Member) -> str:
         return f"diffusers checkpoint {self.path} ({member.weights})"

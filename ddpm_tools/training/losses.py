@@ -53,6 +53,20 @@ def _check_levels(levels: int | None) -> None:
                             f"(got {levels!r})")
 
 
+def _check_batch(schedule: NoiseSchedule, t: np.ndarray, **tensors: torch.Tensor
+                 ) -> np.ndarray:
+    """The named tensors share one shape [B, ...] and t is [B] in [1, T]; returns t."""
+    shapes = [list(x.shape) for x in tensors.values()]
+    first = next(iter(tensors.values()))
+    if first.dim() < 2 or any(sh != shapes[0] for sh in shapes):
+        raise BadInputError(f"{', '.join(tensors)} must share one shape [B, ...] (got "
+                            f"{', '.join(map(str, shapes))})")
+    t = schedule.check_t(t)
+    if t.shape != (first.shape[0],):
+        raise BadInputError(f"t must have shape [B] = [{first.shape[0]}] (got {list(t.shape)})")
+    return t
+
+
 def vlb_term(schedule: NoiseSchedule, pred: torch.Tensor, raw_var: torch.Tensor,
              x0: torch.Tensor, x_t: torch.Tensor, t: np.ndarray, prediction: str,
              levels: int | None) -> torch.Tensor:
@@ -69,14 +83,7 @@ def vlb_term(schedule: NoiseSchedule, pred: torch.Tensor, raw_var: torch.Tensor,
     Each is summed over dimensions and divided by D. Gradients reach ``raw_var`` only.
     """
     _check_levels(levels)
-    if not (pred.shape == raw_var.shape == x0.shape == x_t.shape) or x0.dim() < 2:
-        raise BadInputError(
-            f"pred, raw_var, x0 and x_t must share one shape [B, ...] (got {list(pred.shape)}, "
-            f"{list(raw_var.shape)}, {list(x0.shape)}, {list(x_t.shape)})"
-        )
-    t = schedule.check_t(t)
-    if t.shape != (x0.shape[0],):
-        raise BadInputError(f"t must have shape [B] = [{x0.shape[0]}] (got {list(t.shape)})")
+    t = _check_batch(schedule, t, pred=pred, raw_var=raw_var, x0=x0, x_t=x_t)
     x0_hat = x0_from_prediction(schedule, prediction, x_t, t, pred.detach())
     if levels is not None:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
@@ -125,14 +132,7 @@ def diffusion_loss(schedule: NoiseSchedule, out: torch.Tensor, x0: torch.Tensor,
     _check_levels(levels)
     if not vlb_weight >= 0.0:
         raise BadInputError(f"vlb_weight must be >= 0 (got {vlb_weight!r})")
-    if x0.dim() < 2 or x_t.shape != x0.shape or noise.shape != x0.shape:
-        raise BadInputError(
-            f"x0, x_t and noise must share one shape [B, ...] (got {list(x0.shape)}, "
-            f"{list(x_t.shape)}, {list(noise.shape)})"
-        )
-    t = schedule.check_t(t)
-    if t.shape != (x0.shape[0],):
-        raise BadInputError(f"t must have shape [B] = [{x0.shape[0]}] (got {list(t.shape)})")
+    t = _check_batch(schedule, t, x0=x0, x_t=x_t, noise=noise)
     if out.shape[0] != x0.shape[0] or out.shape[2:] != x0.shape[2:]:
         raise BadInputError(f"the network output {list(out.shape)} does not match the data "
                             f"{list(x0.shape)} outside the channel dimension")
