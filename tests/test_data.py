@@ -4,6 +4,8 @@ PNG folders, and every bad input."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,17 @@ def test_digits_fixed_split() -> None:
         load_data("digits", "test", n=361)
     with pytest.raises(BadInputError, match="valid|train"):
         load_digits_split("val")
+
+
+def test_digits_load_without_importing_sklearn() -> None:
+    """The bundled file is parsed directly: every training worker would otherwise pay
+    scikit-learn's import (about a second)."""
+    code = ("import sys; from ddpm_tools.data import load_data; "
+            "d = load_data('digits', 'train'); "
+            "print(d.n, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1437", "False"]
 
 
 # ---------------------------------------------------------------- user npz

@@ -146,13 +146,65 @@ def test_train_interval_cli_member_and_torchrun_auto(tmp_path, monkeypatch):
     assert all(mb.sha256 for mb in read_manifest(p).members)
 
 
+def test_torchrun_two_ranks_train_every_member_like_one_process(tmp_path):
+    """The README's command: torchrun with 2 ranks, -m ddpm_tools.cli.main, --member auto.
+    Rank 0 trains members 0 and 2, rank 1 member 1; the weights equal one process's."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this Python")
+    a = _new_set(tmp_path / "a", steps=6, every=3, intervals=3)
+    b = _new_set(tmp_path / "b", steps=6, every=3, intervals=3)
+    from ddpm_tools.training.parallel import train_set
+    train_set(a, workers=1)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "ddpm_tools.cli.main",
+           "train-interval", "--set", str(b), "--member", "auto", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks, text, dec = [], proc.stdout, json.JSONDecoder()
+    while "{" in text:  # one JSON report per rank
+        obj, end = dec.raw_decode(text[text.index("{"):])
+        ranks.append(obj)
+        text = text[text.index("{") + end:]
+    assert sorted(m["member"] for r in ranks for m in r["members"]) == [0, 1, 2], proc.stdout
+    for ma, mb in zip(read_manifest(a).members, read_manifest(b).members, strict=True):
+        assert ma.sha256 is not None and ma.sha256 == mb.sha256
+
+
+def test_each_torchrun_rank_uses_its_own_gpu(monkeypatch):
+    from ddpm_tools.training.parallel import rank_device
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert rank_device("cuda") == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert [rank_device(d) for d in ("cuda", "cuda:1", "cpu")] == ["cuda:3", "cuda:1", "cpu"]
+
+
+def test_python_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    for module in ("ddpm_tools", "ddpm_tools.cli.main"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and "train-interval" in out.stdout, (module, out.stderr)
+
+
 def test_workers_2_trains_every_member_like_one_worker(tmp_path):
     from ddpm_tools.training.parallel import train_set
     a = _new_set(tmp_path / "a", steps=10, every=5, intervals=2)
     b = _new_set(tmp_path / "b", steps=10, every=5, intervals=2)
     train_set(a, workers=1)
-    res = train_set(b, workers=2)
+    events: list[tuple[str, int, int]] = []
+    res = train_set(b, workers=2, progress=lambda task, done, total, **info:
+                    events.append((task, done, total)))
     assert sorted(r.index for r in res) == [0, 1]
+    # the workers' progress reaches the parent, up to each member's last step
+    last = {task: (done, total) for task, done, total in events}
+    assert len(last) == 2 and all(v == (10, 10) for v in last.values()), events
     for i in (0, 1):
         for k, v in _weights(a, i).items():
             torch.testing.assert_close(v, _weights(b, i)[k], rtol=1e-4, atol=1e-5)

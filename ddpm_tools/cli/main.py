@@ -23,3 +23,7 @@ __all__ = ["app", "main"]
 def main() -> None:
     """Run the CLI."""
     app()
+
+
+if __name__ == "__main__":  # python -m ddpm_tools.cli.main (as under torchrun)
+    main()

@@ -13,6 +13,10 @@ Images come back as ``[N, 1, 8, 8]`` float32 with x = 2 v / 16 - 1 (exactly the
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 from ddpm_tools.errors import BadInputError
@@ -38,18 +42,41 @@ def digits_split_indices(split: str) -> np.ndarray:
     return perm[:DIGITS_TEST_SIZE] if split == "test" else perm[DIGITS_TEST_SIZE:]
 
 
+@functools.lru_cache(maxsize=1)
+def _bundled_digits() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 images ``[N, 8, 8]`` float64 (values 0..16) and labels ``[N]`` int64.
+
+    Read straight from scikit-learn's bundled ``datasets/data/digits.csv.gz`` (64 pixel
+    columns, then the label), which is what ``load_digits()`` parses, without importing
+    scikit-learn (about a second per process, paid again by every training worker).
+    Falls back to ``load_digits()`` if the file is not where this release keeps it.
+    """
+    spec = importlib.util.find_spec("sklearn")  # locates the package, does not import it
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    csv = next((Path(r) / "datasets" / "data" / "digits.csv.gz" for r in roots
+                if (Path(r) / "datasets" / "data" / "digits.csv.gz").is_file()), None)
+    if csv is not None:
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+        images, labels = table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    else:  # pragma: no cover - a sklearn release that moved its data files
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        images, labels = np.asarray(bunch.images, dtype=np.float64), bunch.target
+    if images.shape != (DIGITS_N, 8, 8):  # pragma: no cover - a changed sklearn release
+        raise RuntimeError(f"scikit-learn's digits have shape {images.shape}, not (1797, 8, 8)")
+    images.flags.writeable = False
+    labels = np.asarray(labels, dtype=np.int64)
+    labels.flags.writeable = False
+    return images, labels
+
+
 def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The digits ``split``: images ``x: [N, 1, 8, 8]`` float32 in [-1, 1], labels ``y: [N]`` int64.
 
     N = 1,437 (train) or 360 (test); see the module docstring for the fixed split.
     """
     idx = digits_split_indices(split)
-    from sklearn.datasets import load_digits  # slow import: only when digits are used
-
-    bunch = load_digits()
-    images = np.asarray(bunch.images, dtype=np.float64)
-    if images.shape != (DIGITS_N, 8, 8):  # pragma: no cover - a changed sklearn release
-        raise RuntimeError(f"sklearn load_digits returned shape {images.shape}, not (1797, 8, 8)")
+    images, labels = _bundled_digits()
     x = (2.0 * images[idx] / (DIGITS_LEVELS - 1) - 1.0).astype(np.float32)[:, None, :, :]
-    y = np.asarray(bunch.target, dtype=np.int64)[idx]
-    return x, y
+    return x, labels[idx].copy()

@@ -13,7 +13,9 @@ import multiprocessing as mp
 import os
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,16 @@ from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.joint import train_multidecoder, trains_jointly
 from ddpm_tools.training.trainer import MemberResult, train_member
 
+# Modules the fork server imports once, so that each worker forked from it starts with
+# torch, the trainer and the data loaders already in memory. "__main__" too: the server
+# then imports the parent's main script (a script's code under its __main__ guard does
+# not run) and the workers inherit it instead of each running it again.
+_PRELOAD = ["__main__", "ddpm_tools.training.trainer", "ddpm_tools.data"]
+
+BARRIER_TIMEOUT = timedelta(days=7)  # torchrun: how long a rank may wait for the others
+
+_events: Any = None  # in a worker: the queue that carries progress back to the parent
+
 
 def _worker_context() -> Any:
     """Worker processes forked from a server that imported torch and the trainer once
@@ -34,22 +46,38 @@ def _worker_context() -> Any:
     platform has no forkserver."""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["ddpm_tools.training.trainer"])
+        ctx.set_forkserver_preload(_PRELOAD)
         return ctx
     return mp.get_context("spawn")
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, events: Any) -> None:
+    global _events
     torch.set_num_threads(threads)
+    _events = events
 
 
-def _worker_train(set_dir: str, index: int, steps: int | None, device: str,
-                  events: Any) -> MemberResult:
-    """Runs in a worker process; progress events go back through a queue."""
-    def progress(task: str, done: int, total: int, **info: float) -> None:
-        events.put((task, done, total, info))
+def _worker_progress(task: str, done: int, total: int, **info: float) -> None:
+    _events.put((task, done, total, info))
 
-    return train_member(set_dir, index, steps=steps, device=device, progress=progress)
+
+def _worker_train(set_dir: str, index: int, steps: int | None, device: str) -> MemberResult:
+    """Runs in a worker process; progress events go back through the queue."""
+    return train_member(set_dir, index, steps=steps, device=device, progress=_worker_progress)
+
+
+def _relay(events: Any, progress: ProgressFn | None, done: Callable[[], bool]) -> None:
+    """Pass the workers' progress events on to ``progress`` until the queue is empty and
+    ``done()`` says no more will come."""
+    while True:
+        try:
+            task, n, total, info = events.get(timeout=0.1)
+        except queue.Empty:
+            if done():
+                return
+            continue
+        if progress is not None:
+            progress(task, n, total, **info)
 
 
 def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | None = None,
@@ -78,30 +106,20 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
                              data=data) for i in todo]
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = _worker_context()
-    with mp.Manager() as manager:
-        events = manager.Queue()
-        stop = threading.Event()
-
-        def drain() -> None:
-            while not stop.is_set() or not events.empty():
-                try:
-                    task, done, total, info = events.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                if progress is not None:
-                    progress(task, done, total, **info)
-
-        pump = threading.Thread(target=drain, daemon=True)
-        pump.start()
-        try:
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                     initializer=_worker_init, initargs=(threads,)) as pool:
-                futures = [pool.submit(_worker_train, str(set_dir), i, steps, device, events)
-                           for i in todo]
-                results = [f.result() for f in futures]
-        finally:
-            stop.set()
-            pump.join()
+    events = ctx.Queue()  # handed to each worker at its start (initargs)
+    stop = threading.Event()
+    pump = threading.Thread(target=_relay, args=(events, progress, stop.is_set), daemon=True)
+    pump.start()
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                 initializer=_worker_init, initargs=(threads, events)) as pool:
+            futures = [pool.submit(_worker_train, str(set_dir), i, steps, device) for i in todo]
+            results = [f.result() for f in futures]
+    finally:
+        stop.set()
+        pump.join()
+    _relay(events, progress, lambda: True)  # the workers have exited: what they sent last
+    events.close()
     return results
 
 
@@ -118,12 +136,24 @@ def torchrun_members(n_members: int) -> tuple[int, int, list[int]]:
     return rank, world, list(range(rank, n_members, world))
 
 
+def rank_device(device: str) -> str:
+    """Under torchrun, ``cuda`` means this rank's own GPU, ``cuda:LOCAL_RANK``; any other
+    device (``cpu``, an explicit ``cuda:i``) is used as given."""
+    local = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local is not None and local.isdigit():
+        return f"cuda:{int(local)}"
+    return device
+
+
 def torchrun_train(set_dir: str | os.PathLike[str], steps: int | None, device: str,
                    progress: ProgressFn | None = None) -> tuple[int, list[MemberResult]]:
     """Train this rank's members, wait for every rank, and let rank 0 check the set.
 
     Returns (rank, results). Uses the gloo backend for the barrier only (no gradients
-    cross ranks: members are independent).
+    cross ranks: members are independent); its timeout is :data:`BARRIER_TIMEOUT`, since
+    a rank whose members finish early waits at the barrier for the slowest rank (the
+    default 30 minutes would end long runs with an error). With ``device = "cuda"`` each
+    rank uses its own GPU (:func:`rank_device`).
     """
     import torch.distributed as dist
 
@@ -131,11 +161,11 @@ def torchrun_train(set_dir: str | os.PathLike[str], steps: int | None, device: s
     rank, world, mine = torchrun_members(len(man.members))
     started = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
         started = True
     try:
-        results = train_set(set_dir, workers=1, steps=steps, device=device, progress=progress,
-                            members=mine) if mine else []
+        results = train_set(set_dir, workers=1, steps=steps, device=rank_device(device),
+                            progress=progress, members=mine) if mine else []
         if world > 1:
             dist.barrier()
         if rank == 0:

@@ -83,7 +83,7 @@ class TrainState:
 def new_state(net: torch.nn.Module, cfg: TrainConfig, seed: int) -> TrainState:
     """A fresh state: EMA = the initial weights, Adam, generators seeded from ``seed``."""
     return TrainState(net=net, ema={k: v.detach().clone() for k, v in net.state_dict().items()},
-                      opt=torch.optim.Adam(net.parameters(), lr=cfg.lr),
+                      opt=torch.optim.Adam(net.parameters(), lr=cfg.lr, foreach=True),
                       gen=torch.Generator(device="cpu").manual_seed(seed),
                       global_rng=torch.Generator().manual_seed(seed + 1).get_state(),
                       step=0, losses=[], seconds=0.0)
@@ -144,13 +144,19 @@ def load_checkpoint(path: Path, st: TrainState, index: int | str) -> None:
 
 def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float, step: int
                ) -> None:
-    """ema <- d ema + (1 - d) theta, with d = min(decay, (1 + step) / (10 + step)) warm-up."""
+    """ema <- d ema + (1 - d) theta, with d = min(decay, (1 + step) / (10 + step)) warm-up.
+
+    Two multi-tensor (foreach) calls over all float tensors instead of two small ops per
+    tensor: the same arithmetic, the same bits, a fraction of the per-step overhead."""
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
-        for k, v in net.state_dict().items():
-            if v.dtype.is_floating_point:
-                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-            else:
+        live = net.state_dict()
+        floats = [k for k, v in live.items() if v.dtype.is_floating_point]
+        avg = [ema[k] for k in floats]
+        torch._foreach_mul_(avg, d)
+        torch._foreach_add_(avg, [live[k].detach() for k in floats], alpha=1 - d)
+        for k, v in live.items():
+            if not v.dtype.is_floating_point:
                 ema[k].copy_(v)
 
 
