@@ -2,35 +2,48 @@
 
 Issue 3, part 8 (targets for a 2-core machine):
 
-(a) members/hour on the same work: one set (same members, seeds, steps, batch) trained
-    by ``train_set`` with 1 worker and with ``--workers W`` (default 2) worker
-    processes. Target: speed-up >= 1.7x with 2 workers on 2 cores. "1 worker" runs in
-    this process with all cores as torch threads (what ``ddpm-tools train --workers 1``
-    does); a 1-worker, 1-thread run is shown too: the pure process scaling, whose ideal
-    is W x. Wall clock, since the parallel run's work happens in other processes.
-    Each run's overhead is its wall time minus its training-loop time / W: data loading,
-    network construction, weight files and, with W > 1, spawning W Python processes that
-    import torch (the worker start-up cost, paid once per run). "Training loops only"
-    compares members/hour with that overhead removed: the speed-up of a long run.
-    Each run also says whether it ends with the same weights as the 1-thread run (the
-    W-worker run must: same seeds, one thread each; more threads may change the order
-    of float sums).
+(a) members/hour on the same work, 1 worker vs ``--workers W`` (default 2), for three
+    workloads of 4 members each (same seeds, steps and batch 128):
+
+      2d-mlp       8gaussians, --arch auto (MLP, 128 units x 3)
+      digits-mlp   digits, --arch mlp (256 units x 3): the README's train example
+      digits-unet  digits, --arch auto (U-Net, 32 channels, attention at 4x4): the
+                   issue's example command
+
+    Every run is the command a user types, ``python -m ddpm_tools.cli.main train ...
+    --json``, in a fresh process, timed on the wall clock from outside (the work happens
+    in other processes). Three configurations: ``--workers 1`` (all cores as torch
+    threads: what a user gets), ``--workers 1`` with ``OMP_NUM_THREADS=1`` (one core: the
+    reference for process scaling, whose ideal is W x) and ``--workers W`` (each worker
+    ``cpu_count // W`` threads).
+
+    A run costs start-up (the interpreter, importing torch, the fork server and its
+    workers, creating the set, writing the weights) plus the training steps. Each
+    configuration is run once with 1 step per member (start-up) and ``--rounds`` times
+    with S steps per member (order alternating between rounds, median kept); the
+    difference gives the seconds per step of all members, i.e. the members/hour of a
+    long run. Target: members/hour of W workers >= 1.7 x that of ``--workers 1``.
+    Reported alongside: the wall-clock speed-up of the S-step run itself (start-up
+    included), how much one worker gains from all cores (thread speed-up) and how well
+    W one-thread workers scale against one one-thread worker (efficiency, 1 = W x):
+    speed-up = W x efficiency / thread speed-up, so a network that already keeps all
+    cores busy by itself leaves the workers little to add. The W-worker run must end
+    with the same weights as the one-thread run (same seeds, one thread each).
 (b) it/s of one member trained on its own interval vs the single-network baseline
-    (``--intervals 1``) of the same architecture and batch, with the threads of one
-    worker, on CPU time (and the wall clock): they should be about equal (same network,
-    same batch); the point of a set is that its N members train in parallel. Best of
-    ``--repeat`` interleaved runs (the order alternates between rounds).
+    (``--intervals 1``) of the same architecture and batch, one thread, on CPU time (and
+    the wall clock): they should be about equal (same network, same batch); the point of
+    a set is that its N members train in parallel. Best of ``--repeat`` interleaved runs.
 
-Defaults: digits, 4 members of a small U-Net (16 base channels, no attention), 100 steps
-each, batch 128; 2-D data (``--data 8gaussians``) uses MLP members and 1,000 steps.
-
-    python benchmarks/bench_train.py [--quick] [--json] [--steps N] [--workers W]
-        [--data NAME] [--members N] [--repeat R]
+    python benchmarks/bench_train.py [--quick] [--json] [--workload NAME ...] [--steps N]
+        [--workers W] [--members N] [--rounds R] [--repeat R]
 """
 
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,11 +54,10 @@ from typing import Any
 from _common import base_parser, finish, machine, print_table, timed, torch_threads, yes_no
 
 from ddpm_tools.data import DataSplit, load_data
-from ddpm_tools.models import ArchConfig, MLPConfig, UNetConfig, arch_name, config_to_dict
+from ddpm_tools.models import UNetConfig
 from ddpm_tools.sets import read_manifest
 from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.create import SetSpec, build_manifest, create_set
-from ddpm_tools.training.parallel import train_set
 from ddpm_tools.training.trainer import train_member
 
 SPEEDUP_TARGET = 1.7  # issue 3: members/hour with 2 workers vs 1, on 2 cores
@@ -53,90 +65,140 @@ T = 1000  # diffusion steps of the benchmark sets (the cost of a step does not d
 
 
 @dataclass(frozen=True)
-class Sizes:
-    """How much work one benchmark run does."""
+class Workload:
+    """One ``train`` command, benchmarked with 1 and W workers."""
 
-    data: str  # data spec (digits: U-Net members; 2-D sets: MLP members)
-    arch: ArchConfig  # every member's architecture
-    members: int  # members of the set in part (a)
-    steps: int  # optimizer steps per member
-    batch_size: int  # examples per step
-
-
-def choose_sizes(quick: bool, data: str, members: int | None, steps: int | None) -> Sizes:
-    """The default work for ``data``; ``--quick`` shrinks it to a seconds-long smoke test."""
-    split_shape = load_data(data, "train").shape
-    image = len(split_shape) == 3
-    if image:
-        arch: ArchConfig = UNetConfig(base_channels=8 if quick else 16, channel_mult=(1, 2),
-                                      num_res_blocks=1, attention_resolutions=())
-    else:
-        arch = MLPConfig(hidden=32, depth=2, time_dim=16) if quick else MLPConfig()
-    default_steps = (5 if image else 20) if quick else (100 if image else 1000)
-    return Sizes(data=data, arch=arch, members=members or (2 if quick else 4),
-                 steps=steps or default_steps, batch_size=16 if quick else 128)
+    name: str
+    data: str
+    arch: str  # the --arch flag
+    what: str  # for the table
+    steps: int  # steps per member of the long runs (about 20-30 s with 1 worker on 2 cores)
+    quick_steps: int
 
 
-def new_set(out: Path, split: DataSplit, sizes: Sizes, intervals: int) -> Path:
-    """An untrained set of ``intervals`` members; one checkpoint, at the end."""
-    cfg = TrainConfig(steps=sizes.steps, batch_size=sizes.batch_size, lr=1e-3, ema=0.999,
-                      checkpoint_every=sizes.steps, seed=0)
-    spec = SetSpec(intervals=intervals, T=T)
-    create_set(out, build_manifest(spec, split, cfg, arch_config=sizes.arch))
-    return out
+WORKLOADS = {w.name: w for w in (
+    Workload("2d-mlp", "8gaussians", "auto", "8gaussians, MLP 128x3", 1200, 20),
+    Workload("digits-mlp", "digits", "mlp", "digits, MLP 256x3 (README example)", 800, 10),
+    Workload("digits-unet", "digits", "auto", "digits, U-Net 32 ch (--arch auto)", 60, 2),
+)}
+# long-run rates are reported only where training is at least this share of the S-step
+# run's wall time (else start-up dominates and the difference is noise: --quick)
+MIN_TRAINING_SHARE = 0.5
+CONFIGS = ("1 worker", "1 worker, 1 thread", "W workers")
 
 
-def train_run(root: Path, split: DataSplit, sizes: Sizes, workers: int, threads: int
-              ) -> dict[str, Any]:
-    """Train a fresh set with ``train_set``; wall time, members/hour, overhead, weights."""
-    out = new_set(root / f"workers{workers}_threads{threads}", split, sizes, sizes.members)
-    with torch_threads(threads):  # workers > 1: each worker sets cpu_count // W itself
-        took, results = timed(lambda: train_set(out, workers=workers))
-    seconds = took.wall  # wall clock: the parallel run's work is in other processes
-    busy = min(workers, sizes.members)
-    loop = sum(r.seconds for r in results)
-    return {
-        "workers": workers,
-        "threads_per_worker": threads,
-        "seconds": seconds,
-        "members_per_hour": sizes.members / seconds * 3600.0,
-        "loop_seconds": loop,
-        "overhead_seconds": seconds - loop / busy,
-        "loop_members_per_hour": sizes.members / (loop / busy) * 3600.0,
-        "sha256": [m.sha256 for m in read_manifest(out).members],
-    }
+def train_command(w: Workload, out: Path, steps: int, members: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "ddpm_tools.cli.main", "train", "--data", w.data,
+            "--out", str(out), "--intervals", str(members), "--steps", str(steps),
+            "--arch", w.arch, "--workers", str(workers), "--checkpoint-every", str(steps),
+            "--batch-size", "128", "--seed", "0", "--device", "cpu", "--json"]
 
 
-def warm_up(root: Path, split: DataSplit, sizes: Sizes, threads: list[int]) -> None:
-    """Pay this process's one-time costs (lazy init, thread pools) before any timing.
+def run_cli(w: Workload, out: Path, steps: int, members: int, workers: int,
+            one_thread: bool) -> dict[str, Any]:
+    """One ``train`` command in a fresh process: wall seconds, loop seconds, weights."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if one_thread:
+        env["OMP_NUM_THREADS"] = "1"
+    took, proc = timed(lambda: subprocess.run(
+        train_command(w, out, steps, members, workers), capture_output=True, text=True,
+        env=env))
+    if proc.returncode != 0:
+        raise RuntimeError(f"train failed: {proc.stderr.strip()[-500:]}")
+    rep = json.loads(proc.stdout)
+    return {"seconds": took.wall, "loop_seconds": sum(m["seconds"] for m in rep["members"]),
+            "sha256": [m.sha256 for m in read_manifest(out).members]}
 
-    Worker processes pay theirs inside the parallel run: that is part of its start-up.
-    """
-    for n in sorted(set(threads)):
-        with torch_threads(n):
-            train_member(new_set(root / f"warmup{n}", split, sizes, 1), 0, steps=2, data=split)
+
+def bench_workload(root: Path, w: Workload, steps: int, members: int, workers: int,
+                   rounds: int) -> dict[str, Any]:
+    """Start-up and long runs of the three configurations; speed-ups and their parts."""
+    setups = {"1 worker": (1, False), "1 worker, 1 thread": (1, True),
+              "W workers": (workers, False)}
+    n, cpus = 0, os.cpu_count() or 1
+
+    def run(cfg: str, s: int) -> dict[str, Any]:
+        nonlocal n
+        n += 1
+        return run_cli(w, root / f"{w.name}-{n}", s, members, *setups[cfg])
+
+    startup = {cfg: run(cfg, 1)["seconds"] for cfg in CONFIGS}
+    long: dict[str, list[dict[str, Any]]] = {cfg: [] for cfg in CONFIGS}
+    long["1 worker, 1 thread"].append(run("1 worker, 1 thread", steps))
+    for r in range(rounds):
+        for cfg in ("1 worker", "W workers")[:: 1 if r % 2 == 0 else -1]:
+            long[cfg].append(run(cfg, steps))
+    runs = []
+    for cfg in CONFIGS:
+        wall = statistics.median(x["seconds"] for x in long[cfg])
+        training = wall - startup[cfg]  # the S - 1 extra steps of every member
+        measurable = training >= MIN_TRAINING_SHARE * wall
+        runs.append({
+            "run": cfg.replace("W", str(workers)), "workers": setups[cfg][0],
+            "threads_per_worker": 1 if setups[cfg][1] else max(1, cpus // setups[cfg][0]),
+            "startup_seconds": startup[cfg], "seconds": wall,
+            "seconds_each": [x["seconds"] for x in long[cfg]],
+            "loop_seconds": statistics.median(x["loop_seconds"] for x in long[cfg]),
+            "members_per_hour": members / wall * 3600.0,
+            "long_run_members_per_hour": (members * (steps - 1) / (training * steps) * 3600.0
+                                          if measurable else None),
+            "sha256": long[cfg][0]["sha256"]})
+    one, one_t1, par = runs
+    same = all(x["sha256"] == one_t1["sha256"] for x in long["W workers"])
+    for r in runs:
+        r.pop("sha256")
+    rate = [r["long_run_members_per_hour"] for r in runs]
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b is not None else None
+
+    speedup = ratio(rate[2], rate[0])
+    thread_speedup = ratio(rate[0], rate[1])
+    efficiency = ratio(rate[2], None if rate[1] is None else workers * rate[1])
+    return {"workload": w.name, "what": w.what, "data": w.data, "arch": w.arch,
+            "members": members, "steps": steps, "rounds": rounds, "runs": runs,
+            "speedup": speedup, "speedup_ok": None if speedup is None
+            else speedup >= SPEEDUP_TARGET,
+            "speedup_wall": one["seconds"] / par["seconds"],
+            "speedup_over_1_thread": ratio(rate[2], rate[1]),
+            "thread_speedup": thread_speedup, "worker_efficiency": efficiency,
+            "same_weights_as_1_thread": same}
 
 
-def member_vs_baseline(root: Path, split: DataSplit, sizes: Sizes, threads: int, repeat: int
+def member_vs_baseline(root: Path, split: DataSplit, quick: bool, repeat: int
                        ) -> dict[str, Any]:
-    """Best it/s of member 0 of an N-member set and of the one-member baseline.
+    """Best it/s of member 0 of a 4-member set and of the one-member baseline (one thread).
 
     Two measures: wall clock of the training loop (``MemberResult.seconds``) and CPU
     time of the whole ``train_member`` call (robust to other processes on the machine;
     it also counts loading the set and writing the weights, a small part).
     """
+    arch = UNetConfig(base_channels=8 if quick else 16, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=())
+    steps, members = (5, 2) if quick else (100, 4)
+    cfg = TrainConfig(steps=steps, batch_size=16 if quick else 128, lr=1e-3, ema=0.999,
+                      checkpoint_every=steps, seed=0)
+
+    def new_set(out: Path, intervals: int) -> Path:
+        create_set(out, build_manifest(SetSpec(intervals=intervals, T=T), split, cfg,
+                                       arch_config=arch))
+        return out
+
     best = {k: 0.0 for k in ("member", "baseline", "member_cpu", "baseline_cpu")}
     t_range = {}
-    kinds = [("baseline", 1), ("member", sizes.members)]
-    with torch_threads(threads):
+    kinds = [("baseline", 1), ("member", members)]
+    with torch_threads(1):
+        train_member(new_set(root / "warmup", 1), 0, steps=2, data=split)
         for r in range(repeat):
             for kind, intervals in kinds[:: 1 if r % 2 == 0 else -1]:  # alternate the order
-                out = new_set(root / f"{kind}{r}", split, sizes, intervals)
+                out = new_set(root / f"{kind}{r}", intervals)
                 took, res = timed(partial(train_member, out, 0, data=split))
                 best[kind] = max(best[kind], res.steps_done / res.seconds)
                 best[kind + "_cpu"] = max(best[kind + "_cpu"], res.steps_done / took.cpu)
                 t_range[kind] = [res.t_lo, res.t_hi]
-    return {"threads": threads, "steps": sizes.steps, "repeat": repeat,
+    return {"threads": 1, "steps": steps, "members": members, "repeat": repeat,
+            "arch": "unet", "base_channels": arch.base_channels,
             "member_t_range": t_range["member"], "baseline_t_range": t_range["baseline"],
             "member_it_s": best["member"], "baseline_it_s": best["baseline"],
             "member_it_s_cpu": best["member_cpu"], "baseline_it_s_cpu": best["baseline_cpu"],
@@ -144,39 +206,20 @@ def member_vs_baseline(root: Path, split: DataSplit, sizes: Sizes, threads: int,
             "ratio_wall": best["member"] / best["baseline"]}
 
 
-def run(sizes: Sizes, workers: int, repeat: int, quick: bool) -> dict[str, Any]:
-    cpus = os.cpu_count() or 1
+def run(workloads: list[Workload], steps: int | None, members: int, workers: int,
+        rounds: int, repeat: int, quick: bool) -> dict[str, Any]:
     res: dict[str, Any] = {"benchmark": "train", "machine": machine()}
-    split = load_data(sizes.data, "train", seed=0)
     with tempfile.TemporaryDirectory(prefix="ddpm-bench-train-") as tmp:
         root = Path(tmp)
-        warm_up(root, split, sizes, [cpus, 1])
-        serial = train_run(root, split, sizes, 1, cpus)
-        parallel = train_run(root, split, sizes, workers, max(1, cpus // workers))
-        serial1 = train_run(root, split, sizes, 1, 1) if cpus > 1 else serial
-        mvb = member_vs_baseline(root, split, sizes, max(1, cpus // workers), repeat)
-    runs = [dict(serial, run="1 worker, all threads"), dict(serial1, run="1 worker, 1 thread"),
-            dict(parallel, run=f"{workers} workers")]
-    ref = serial1["sha256"]
-    for r in runs:
-        r["same_weights_as_1_thread"] = r.pop("sha256") == ref
-    # speed-up of the parallel run over each 1-worker run: wall clock (what a user
-    # waits) and training loops only (members/hour with the start-up cost excluded)
-    speedups = [{"over": r["run"], "wall": r["seconds"] / parallel["seconds"],
-                 "loops_only": parallel["loop_members_per_hour"] / r["loop_members_per_hour"],
-                 "ok": r["seconds"] / parallel["seconds"] >= SPEEDUP_TARGET}
-                for r in runs[:2]]
+        results = [bench_workload(root, w, steps or (w.quick_steps if quick else w.steps),
+                                  members, workers, rounds) for w in workloads]
+        mvb = member_vs_baseline(root, load_data("digits", "train", seed=0), quick, repeat)
     res.update({
-        "settings": {"quick": quick, "data": sizes.data,
-                     "arch": arch_name(sizes.arch), "arch_config": config_to_dict(sizes.arch),
-                     "members": sizes.members, "steps": sizes.steps,
-                     "batch_size": sizes.batch_size, "T": T, "workers": workers},
-        "runs": runs,
-        "speedups": speedups,
-        "speedup": speedups[0]["wall"],  # the issue's number: W workers vs --workers 1
+        "settings": {"quick": quick, "members": members, "workers": workers,
+                     "rounds": rounds, "batch_size": 128, "T": T},
+        "workloads": results,
         "speedup_target": SPEEDUP_TARGET,
-        "speedup_ok": speedups[0]["wall"] >= SPEEDUP_TARGET,
-        "worker_startup_seconds": parallel["overhead_seconds"] - serial1["overhead_seconds"],
+        "speedup_ok": {r["workload"]: r["speedup_ok"] for r in results},
         "member_vs_baseline": mvb,
     })
     return res
@@ -184,59 +227,73 @@ def run(sizes: Sizes, workers: int, repeat: int, quick: bool) -> dict[str, Any]:
 
 def print_human(res: dict[str, Any]) -> None:
     s = res["settings"]
-    print(f"(a) the same work, {s['members']} members x {s['steps']} steps ({s['data']}, "
-          f"{s['arch']}, batch {s['batch_size']}), 1 worker vs {s['workers']} workers")
-    print_table(
-        ("run", "workers", "threads/worker", "seconds", "members/hour", "loop s (sum)",
-         "overhead s", "same weights"),
-        [(r["run"], r["workers"], r["threads_per_worker"], f"{r['seconds']:.2f}",
-          f"{r['members_per_hour']:.0f}", f"{r['loop_seconds']:.2f}",
-          f"{r['overhead_seconds']:.2f}", yes_no(r["same_weights_as_1_thread"]))
-         for r in res["runs"]])
+    print(f"(a) members/hour, {s['members']} members, batch {s['batch_size']}: `ddpm-tools "
+          f"train --workers 1` vs `--workers {s['workers']}` (fresh process each; median of "
+          f"{s['rounds']} round(s))")
+    def num(x: float | None, fmt: str, unit: str = "") -> str:
+        return "-" if x is None else f"{x:{fmt}}{unit}"
+
+    rows = []
+    for w in res["workloads"]:
+        for r in w["runs"]:
+            rows.append((w["workload"], w["steps"], r["run"], f"{r['startup_seconds']:.1f}",
+                         f"{r['seconds']:.1f}", f"{r['members_per_hour']:.0f}",
+                         num(r["long_run_members_per_hour"], ".0f")))
+    print_table(("workload", "steps", "run", "start-up s", "seconds", "members/h",
+                 "members/h, long run"), rows)
     print()
-    print_table((f"speed-up of {s['workers']} workers over", "wall clock",
-                 f"wall >= {res['speedup_target']}x", "training loops only"),
-                [(x["over"], f"{x['wall']:.2f}x", yes_no(x["ok"]), f"{x['loops_only']:.2f}x")
-                 for x in res["speedups"]])
-    print(f"the issue's target is the first row (--workers 1 uses all threads); worker "
-          f"start-up (the {s['workers']}-worker run's overhead beyond the 1-thread run's): "
-          f"{res['worker_startup_seconds']:.2f} s")
+    print_table(("workload", "what", "speed-up, long run",
+                 f">= {res['speedup_target']}x", "speed-up, this run", "over 1 thread",
+                 "thread speed-up of 1 worker", "worker efficiency", "same weights"),
+                [(w["workload"], w["what"], num(w["speedup"], ".2f", "x"),
+                  yes_no(w["speedup_ok"]), f"{w['speedup_wall']:.2f}x",
+                  num(w["speedup_over_1_thread"], ".2f", "x"),
+                  num(w["thread_speedup"], ".2f", "x"), num(w["worker_efficiency"], ".2f"),
+                  yes_no(w["same_weights_as_1_thread"])) for w in res["workloads"]])
+    print(f"speed-up = {s['workers']} x efficiency / thread speed-up: a network that keeps all "
+          "cores busy by itself leaves the workers little to add; '-': start-up dominates "
+          "these runs (--quick), no long-run rate")
     m = res["member_vs_baseline"]
-    print(f"\n(b) it/s of one member vs the single-network baseline (same {s['arch']}, batch "
-          f"{s['batch_size']}, {m['threads']} thread(s), best of {m['repeat']})")
+    print(f"\n(b) it/s of one member vs the single-network baseline (digits U-Net "
+          f"{m['base_channels']} ch, {m['threads']} thread, best of {m['repeat']})")
     print_table(("network", "t range", "steps", "it/s (CPU)", "it/s (wall)"), [
-        (f"member 0 of {s['members']}", "{}..{}".format(*m["member_t_range"]), m["steps"],
+        (f"member 0 of {m['members']}", "{}..{}".format(*m["member_t_range"]), m["steps"],
          f"{m['member_it_s_cpu']:.1f}", f"{m['member_it_s']:.1f}"),
         ("single network (--intervals 1)", "{}..{}".format(*m["baseline_t_range"]),
          m["steps"], f"{m['baseline_it_s_cpu']:.1f}", f"{m['baseline_it_s']:.1f}")])
     print(f"member / baseline it/s: {m['ratio']:.2f} on CPU time, {m['ratio_wall']:.2f} on the "
-          f"wall clock (expected about 1: same network and batch; the {s['members']} members "
+          f"wall clock (expected about 1: same network and batch; the {m['members']} members "
           "train in parallel)")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print a table (or ``--json``), return the results."""
     parser = base_parser(__doc__)
+    parser.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
+                        help="workload(s) of part (a) (default: all three; --quick: 2d-mlp)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="optimizer steps per member (default 100 for images, 1000 for "
-                             "2-D data; --quick: 5 / 20)")
+                        help="steps per member of the long runs (default per workload)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the "
                         "parallel run (default 2)")
-    parser.add_argument("--data", default="digits", help="digits (U-Net members) or a 2-D "
-                        "set such as 8gaussians (MLP members)")
     parser.add_argument("--members", type=int, default=None,
-                        help="members of the set (default 4; --quick: 2)")
+                        help="members of each set (default 4; --quick: 2)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="long runs per configuration, median kept (default 2; "
+                             "--quick: 1)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="interleaved runs of part (b), best kept (default 3; --quick: 1)")
     args = parser.parse_args(argv)
     if args.workers < 2:
         parser.error("--workers must be at least 2 (the comparison is 1 vs W workers)")
-    if (args.steps is not None and args.steps < 1) or (args.members is not None
-                                                       and args.members < 1):
-        parser.error("--steps and --members must be at least 1")
-    sizes = choose_sizes(args.quick, args.data, args.members, args.steps)
-    repeat = max(1, args.repeat or (1 if args.quick else 3))
-    res = run(sizes, args.workers, repeat, args.quick)
+    for flag in ("steps", "members", "rounds", "repeat"):
+        value = getattr(args, flag)
+        if value is not None and value < (2 if flag == "steps" else 1):
+            parser.error(f"--{flag} must be at least {2 if flag == 'steps' else 1}")
+    names = args.workload or (["2d-mlp"] if args.quick else list(WORKLOADS))
+    res = run([WORKLOADS[n] for n in names], args.steps,
+              args.members or (2 if args.quick else 4), args.workers,
+              args.rounds or (1 if args.quick else 2), args.repeat or (1 if args.quick else 3),
+              args.quick)
     return finish(res, args.json, print_human)
 
 

@@ -1,8 +1,9 @@
 """Run every benchmark and write ``benchmarks/results.md`` and ``benchmarks/results.json``.
 
 Each benchmark runs in its own process (``python benchmarks/bench_X.py --json``), so one
-cannot warm another's caches; the machine and the load before and after are recorded
-with the numbers. Usage:
+cannot warm another's caches; the date, the machine and the load before and after are
+recorded with each benchmark's numbers. ``--only`` reruns the named benchmarks and keeps
+the other benchmarks' earlier results (each still with its own date). Usage:
 
     python benchmarks/run_all.py [--quick] [--only dp,train] [--out benchmarks]
 """
@@ -22,6 +23,8 @@ sys.path.insert(0, str(HERE))
 
 from _common import load_average, machine  # noqa: E402
 
+from ddpm_tools.fileio import atomic_write_text  # noqa: E402
+
 BENCHMARKS = {  # name -> (script, what it compares)
     "dp": ("bench_dp.py", "numba DP vs the plain numpy DP"),
     "train": ("bench_train.py", "members/hour with 1 vs 2 workers; one member vs the "
@@ -33,19 +36,43 @@ BENCHMARKS = {  # name -> (script, what it compares)
 
 
 def run_one(name: str, quick: bool) -> dict[str, Any]:
-    """One benchmark's JSON result (or its error), with its wall-clock time."""
+    """One benchmark's JSON result (or its error), with its date, wall-clock time and the
+    load average before and after."""
     script = HERE / BENCHMARKS[name][0]
+    info: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                            "quick": quick, "load_start": load_average()}
     if not script.exists():
-        return {"error": f"{script.name} is missing"}
+        return {**info, "error": f"{script.name} is missing"}
     cmd = [sys.executable, str(script), "--json"] + (["--quick"] if quick else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
-    seconds = time.perf_counter() - t0
+    info.update(seconds=time.perf_counter() - t0, load_end=load_average())
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed",
-                "seconds": seconds}
+        return {**info, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr
+                else "failed"}
     out = proc.stdout
-    return {"result": json.loads(out[out.index("{"):]), "seconds": seconds}
+    return {**info, "result": json.loads(out[out.index("{"):])}
+
+
+def merge_previous(path: Path, results: dict[str, Any], info: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """``results`` plus the earlier results in ``path`` of the benchmarks not rerun.
+
+    Results written before each carried its own date get the file's date and load."""
+    if not path.exists():
+        return results
+    old = json.loads(path.read_text())
+    merged = {}
+    for name in BENCHMARKS:
+        if name in results:
+            merged[name] = results[name]
+        elif name in old.get("results", {}):
+            prev = old["results"][name]
+            if "date" not in prev:
+                keep = ("date", "quick", "load_start", "load_end")
+                prev = {**{k: old["info"].get(k) for k in keep}, **prev}
+            merged[name] = prev
+    return merged
 
 
 def _rows(res: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -65,23 +92,29 @@ def _rows(res: Any, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
+def _load(x: list[float] | None) -> str:
+    return "n/a" if x is None else "/".join(f"{v:.2f}" for v in x)
+
+
 def write_markdown(path: Path, results: dict[str, Any], info: dict[str, Any]) -> None:
+    m = info["machine"]
     lines = ["# Benchmark results", "",
-             f"Written by `python benchmarks/run_all.py{' --quick' if info['quick'] else ''}`"
-             f" on {info['date']}.", "",
-             f"Machine: {info['machine']['cpus']} CPUs, {info['machine']['platform']}, "
-             f"Python {info['machine']['python']}, torch {info['machine']['torch']} "
-             f"({info['machine']['torch_threads']} threads); load average before "
-             f"{info['load_start']}, after {info['load_end']}.", ""]
+             "Written by `python benchmarks/run_all.py`; each section says when its benchmark "
+             "ran, and the load average (1/5/15 min) before and after it.", "",
+             f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}, torch "
+             f"{m['torch']} ({m['torch_threads']} threads).", ""]
     for name, r in results.items():
         lines += [f"## {name}: {BENCHMARKS[name][1]}", ""]
         if "error" in r:
             lines += [f"Not run: {r['error']}", ""]
             continue
-        lines += [f"Wall-clock {r['seconds']:.0f} s.", "", "| quantity | value |", "|---|---|"]
+        lines += [f"Run {r['date']}{' (--quick)' if r.get('quick') else ''}; wall-clock "
+                  f"{r['seconds']:.0f} s; load average {_load(r.get('load_start'))} before, "
+                  f"{_load(r.get('load_end'))} after.", "",
+                  "| quantity | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in _rows(r["result"])]
         lines.append("")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,17 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    info = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "machine": machine(), "load_start": load_average()}
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
     results = {}
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results[name] = run_one(name, args.quick)
-    info["load_end"] = load_average()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"info": info, "results": results},
-                                                      indent=2) + "\n")
-    write_markdown(args.out / "results.md", results, info)
+    merged = merge_previous(args.out / "results.json", results, info)
+    atomic_write_text(args.out / "results.json",
+                      json.dumps({"info": info, "results": merged}, indent=2) + "\n")
+    write_markdown(args.out / "results.md", merged, info)
     print(f"wrote {args.out / 'results.md'} and results.json", file=sys.stderr)
     return 0 if all("error" not in r for r in results.values()) else 1
 

@@ -32,19 +32,20 @@ def test_bench_train_quick_json(monkeypatch, capsys):
     res = _run("bench_train", monkeypatch, capsys)
     _machine(res)
     assert res["benchmark"] == "train" and res["settings"]["quick"] is True
-    runs = res["runs"]
-    assert [r["workers"] for r in runs] == [1, 1, 2]
+    (w,) = res["workloads"]
+    assert w["workload"] == "2d-mlp" and w["members"] == 2
+    runs = w["runs"]
+    assert [(r["workers"], r["threads_per_worker"]) for r in runs][1:] == [(1, 1), (2, 1)]
     for r in runs:
-        _positive(r, ["seconds", "members_per_hour", "loop_seconds", "loop_members_per_hour"])
-        assert isinstance(r["same_weights_as_1_thread"], bool)
+        _positive(r, ["startup_seconds", "seconds", "members_per_hour", "loop_seconds"])
+        # --quick runs are all start-up: no long-run rate is claimed from them
+        lr = r["long_run_members_per_hour"]
+        assert lr is None or lr > 0
     # the 2-worker run (1 thread each) must train exactly what the 1-thread run trains
-    assert runs[2]["same_weights_as_1_thread"] is True
-    assert {x["over"] for x in res["speedups"]} == {r["run"] for r in runs[:2]}
-    for x in res["speedups"]:
-        _positive(x, ["wall", "loops_only"])
-        assert isinstance(x["ok"], bool)
-    _positive(res, ["speedup", "speedup_target"])
-    assert isinstance(res["speedup_ok"], bool) and "worker_startup_seconds" in res
+    assert w["same_weights_as_1_thread"] is True
+    _positive(w, ["speedup_wall"])
+    assert (w["speedup"] is None) == (w["speedup_ok"] is None)
+    assert res["speedup_target"] == 1.7 and set(res["speedup_ok"]) == {"2d-mlp"}
     m = res["member_vs_baseline"]
     _positive(m, ["member_it_s", "baseline_it_s", "member_it_s_cpu", "baseline_it_s_cpu",
                   "ratio", "ratio_wall", "steps", "threads"])
@@ -67,3 +68,27 @@ def test_bench_eval_quick_json(monkeypatch, capsys):
                   "expected_ratio"])
     assert k["expected_ratio"] == k["K"] / res["settings"]["T"]
     assert isinstance(f["ok"], bool) and isinstance(k["ok"], bool)
+
+
+def test_run_all_only_keeps_the_other_benchmarks_results(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    run_all = importlib.import_module("run_all")
+    old_info = {"date": "2026-01-01 00:00 UTC", "quick": False, "load_start": [1.0, 1.0, 1.0],
+                "load_end": [2.0, 2.0, 2.0]}
+    (tmp_path / "results.json").write_text(json.dumps({"info": old_info, "results": {
+        "dp": {"result": {"benchmark": "dp", "x": 1.5}, "seconds": 3.0},
+        "train": {"result": {"benchmark": "train", "x": 0.5}, "seconds": 9.0}}}))
+    new = {"train": {"date": "2026-11-22 05:00 UTC", "quick": False, "seconds": 7.0,
+                     "load_start": [0.1, 0.2, 0.3], "load_end": [0.4, 0.5, 0.6],
+                     "result": {"benchmark": "train", "x": 2.5}}}
+    merged = run_all.merge_previous(tmp_path / "results.json", new, {})
+    assert list(merged) == ["dp", "train"]  # the benchmarks' order, not the run's
+    assert merged["train"] == new["train"]
+    assert merged["dp"]["result"]["x"] == 1.5 and merged["dp"]["date"] == old_info["date"]
+    info = {"machine": {"cpus": 2, "platform": "p", "python": "3", "torch": "t",
+                        "torch_threads": 2}}
+    run_all.write_markdown(tmp_path / "results.md", merged, info)
+    md = (tmp_path / "results.md").read_text()
+    assert "Run 2026-01-01 00:00 UTC" in md and "Run 2026-11-22 05:00 UTC" in md
+    assert "| x | 2.5 |" in md and "| x | 1.5 |" in md
+    assert run_all.merge_previous(tmp_path / "missing.json", new, {}) == new

@@ -30,10 +30,12 @@ from ddpm_tools.training.joint import train_multidecoder, trains_jointly
 from ddpm_tools.training.trainer import MemberResult, train_member
 
 # Modules the fork server imports once, so that each worker forked from it starts with
-# torch, the trainer and the data loaders already in memory. "__main__" too: the server
-# then imports the parent's main script (a script's code under its __main__ guard does
-# not run) and the workers inherit it instead of each running it again.
-_PRELOAD = ["__main__", "ddpm_tools.training.trainer", "ddpm_tools.data"]
+# them in memory: torch, the trainer, the data loaders, and torch._dynamo (which
+# torch.optim imports when the first optimizer is made: about 2 s per process).
+# "__main__" too: the server then imports the parent's main script (a script's code
+# under its __main__ guard does not run) and the workers inherit it instead of each
+# running it again.
+_PRELOAD = ["__main__", "ddpm_tools.training.trainer", "ddpm_tools.data", "torch._dynamo"]
 
 BARRIER_TIMEOUT = timedelta(days=7)  # torchrun: how long a rank may wait for the others
 
