@@ -90,7 +90,9 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
     ``workers = 1`` trains in this process. More workers use fresh processes, each
     with ``cpu_count // workers`` torch threads; members are handed out as workers free
     up. Already trained members are skipped; interrupted ones resume. A multidecoder
-    set trains jointly in this process (``workers`` unused).
+    set trains jointly in this process (``workers`` unused). The workers import the
+    caller's main module (as multiprocessing does): call this from a script under
+    ``if __name__ == "__main__":``.
     """
     set_dir = Path(set_dir)
     man = read_manifest(set_dir)
