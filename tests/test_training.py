@@ -80,6 +80,56 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkey
         assert torch.equal(v, _weights(p, 0)[k])
 
 
+def test_sigkilled_cli_run_resumes_bit_identical(tmp_path):
+    """A real kill: `train-interval` in its own process gets SIGKILL after its first
+    checkpoint; a rerun removes the debris, resumes, and ends with the uninterrupted
+    run's weights bit for bit."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps, every = 3000, 50
+    ref = _new_set(tmp_path / "ref", steps=steps, every=every)
+    p = _new_set(tmp_path / "p", steps=steps, every=every)
+    train_member(ref, 0)
+    cmd = [sys.executable, "-m", "ddpm_tools.cli.main", "train-interval", "--set", str(p),
+           "--member", "0", "--device", "cpu", "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ck = checkpoint_path(p, 0)
+    deadline = time.monotonic() + 120
+    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert read_manifest(p).members[0].sha256 is None  # killed mid-training
+    debris = ck.parent / f".{ck.name}.killed.tmp"  # what a kill during a write leaves
+    debris.write_bytes(b"half a checkpoint")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not debris.exists()
+    assert read_manifest(p).members[0].sha256 == read_manifest(ref).members[0].sha256
+    for k, v in _weights(ref, 0).items():
+        assert torch.equal(v, _weights(p, 0)[k]), k
+
+
+def test_second_process_on_the_same_member_is_refused(tmp_path):
+    from ddpm_tools.training.trainer import training_lock
+
+    p = _new_set(tmp_path / "s", steps=4, every=2)
+    with training_lock(checkpoint_path(p, 1), "held"):  # as if another process trained it
+        res = CliRunner().invoke(app, ["train-interval", "--set", str(p), "--member", "1"])
+        assert res.exit_code == 2 and "another process" in res.output, res.output
+        assert "Traceback" not in res.output
+        # other members are not blocked
+        res = CliRunner().invoke(app, ["train-interval", "--set", str(p), "--member", "0"])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["train-interval", "--set", str(p), "--member", "1"])
+    assert res.exit_code == 0 and read_manifest(p).members[1].sha256 is not None
+
+
 def test_train_cli_intervals_1_and_4_end_to_end(tmp_path):
     runner = CliRunner()
     for n in (1, 4):

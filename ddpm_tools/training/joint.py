@@ -47,6 +47,7 @@ from ddpm_tools.training.trainer import (
     new_state,
     run_steps,
     train_tensor,
+    training_lock,
     write_weights,
 )
 
@@ -109,9 +110,29 @@ def train_multidecoder(
     target = steps if steps is not None else cfg.steps
     if target < 1:
         raise BadInputError("--steps must be at least 1")
-    if shared.sha256 is not None and all(
-            m.sha256 is not None and m.state.steps_done >= target for m in man.members):
+    if _trained(man, shared, target):
         return [member_result_from_manifest(man, m.index) for m in man.members]
+    ckpt = checkpoint_path(set_dir)
+    writes = [set_dir / shared.weights] + [set_dir / m.weights for m in man.members]
+    with training_lock(ckpt, f"{JOINT} {set_dir}", writes):
+        man = read_manifest(set_dir)  # another run may just have ended
+        configs, shared = _stages(man, set_dir)
+        if _trained(man, shared, target):
+            return [member_result_from_manifest(man, m.index) for m in man.members]
+        return _train_locked(set_dir, man, configs, shared, cfg, target, ckpt, device,
+                             progress, data, stop_after)
+
+
+def _trained(man: SetManifest, shared: SharedWeights, target: int) -> bool:
+    return shared.sha256 is not None and all(
+        m.sha256 is not None and m.state.steps_done >= target for m in man.members)
+
+
+def _train_locked(set_dir: Path, man: SetManifest, configs: list[MultiDecoderConfig],
+                  shared: SharedWeights, cfg: TrainConfig, target: int, ckpt: Path,
+                  device: torch.device | str, progress: ProgressFn | None,
+                  data: DataSplit | None, stop_after: int | None) -> list[MemberResult]:
+    """The body of :func:`train_multidecoder`, run under the set's training lock."""
     dev = torch.device(device)
     x_all = train_tensor(man, cfg, data, dev)
 
@@ -121,7 +142,6 @@ def train_multidecoder(
         net = build_multidecoder(configs, [m.t_hi for m in man.members], man.data.shape,
                                  man.out_factor).to(dev)
     st = new_state(net, cfg, seed)
-    ckpt = checkpoint_path(set_dir)
     if ckpt.exists():
         load_checkpoint(ckpt, st, JOINT)
         st.ema = {k: v.to(dev) for k, v in st.ema.items()}

@@ -15,9 +15,12 @@ multidecoder set (:mod:`ddpm_tools.training.joint`) runs on them too.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from ddpm_tools.fileio import atomic_write_bytes, sha256_file
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.denoiser import build_member
 from ddpm_tools.sets.manifest import (
+    Member,
     MemberState,
     SetManifest,
     read_manifest,
@@ -160,6 +164,36 @@ def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, decay: float,
                 ema[k].copy_(v)
 
 
+@contextlib.contextmanager
+def training_lock(ckpt: Path, what: str, writes: Sequence[Path] = ()) -> Iterator[None]:
+    """Hold an exclusive lock next to checkpoint ``ckpt`` for a whole training run.
+
+    A second process training the same member (a requeued job whose first copy still
+    runs, a duplicated array index) stops with one sentence instead of interleaving its
+    checkpoints with the first one's. The lock is released by the OS when its process
+    ends, even when killed, so a resumed run never waits for a dead one. Holding it, the
+    temporary files a killed run left half-written (next to ``ckpt`` and to each path in
+    ``writes``) are removed: nobody else can be writing them.
+    """
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ckpt.parent / (ckpt.name.split(".")[0] + ".lock"), os.O_CREAT | os.O_RDWR,
+                 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInputError(
+                f"{what} is being trained by another process right now; wait for it to "
+                "finish (or stop it), then rerun to continue from its checkpoint") from None
+        for target in (ckpt, *writes):
+            for debris in target.parent.glob(f".{target.name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    debris.unlink()
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def train_member(
     set_dir: str | os.PathLike[str],
     index: int,
@@ -185,9 +219,33 @@ def train_member(
     target = steps if steps is not None else cfg.steps
     if target < 1:
         raise BadInputError("--steps must be at least 1")
-    if member.sha256 is not None and member.state.steps_done >= target:
-        return MemberResult(index, member.t_lo, member.t_hi, member.state.steps_done,
-                            member.state.final_loss, member.state.seconds, skipped=True)
+    if _trained(member, target):
+        return _skipped(member)
+    ckpt = checkpoint_path(set_dir, index)
+    with training_lock(ckpt, f"member {index} of {set_dir}", [set_dir / member.weights]):
+        man = read_manifest(set_dir)  # another run may just have ended
+        member = man.members[index]
+        if _trained(member, target):
+            return _skipped(member)
+        return _train_member_locked(set_dir, man, index, cfg, target, ckpt, device,
+                                    progress, data, stop_after)
+
+
+def _trained(member: Member, target: int) -> bool:
+    return member.sha256 is not None and member.state.steps_done >= target
+
+
+def _skipped(member: Member) -> MemberResult:
+    return MemberResult(member.index, member.t_lo, member.t_hi, member.state.steps_done,
+                        member.state.final_loss, member.state.seconds, skipped=True)
+
+
+def _train_member_locked(set_dir: Path, man: SetManifest, index: int, cfg: TrainConfig,
+                         target: int, ckpt: Path, device: torch.device | str,
+                         progress: ProgressFn | None, data: DataSplit | None,
+                         stop_after: int | None) -> MemberResult:
+    """The body of :func:`train_member`, run under the member's training lock."""
+    member = man.members[index]
     dev = torch.device(device)
     x_all = train_tensor(man, cfg, data, dev)
 
@@ -196,7 +254,6 @@ def train_member(
         torch.manual_seed(member_seed)
         net = build_member(man, member).to(dev)
     st = new_state(net, cfg, member_seed)
-    ckpt = checkpoint_path(set_dir, index)
     if ckpt.exists():
         load_checkpoint(ckpt, st, index)
         st.ema = {k: v.to(dev) for k, v in st.ema.items()}
