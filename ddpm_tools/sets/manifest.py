@@ -15,9 +15,8 @@ Manifests without the entry (every other set) read as before.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from ddpm_tools.core.diffusion import PREDICTIONS, VARIANCE_TYPES
 from ddpm_tools.core.schedules import NoiseSchedule, schedule_from_spec
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import atomic_write_json, read_json
+from ddpm_tools.fileio import atomic_write_json, file_lock, read_json
 from ddpm_tools.models import (
     ArchConfig,
     MultiDecoderConfig,
@@ -296,16 +295,9 @@ def write_manifest(set_dir: str | os.PathLike[str], m: SetManifest) -> None:
     atomic_write_json(Path(set_dir) / MANIFEST_NAME, manifest_to_json(m))
 
 
-@contextlib.contextmanager
-def manifest_lock(set_dir: str | os.PathLike[str]) -> Iterator[None]:
-    """An exclusive advisory lock on the set (fcntl.flock on ``.ddpm_set.lock``)."""
-    fd = os.open(Path(set_dir) / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+def manifest_lock(set_dir: str | os.PathLike[str]) -> contextlib.AbstractContextManager[None]:
+    """An exclusive advisory lock on the set (``flock`` on ``.ddpm_set.lock``)."""
+    return file_lock(Path(set_dir) / LOCK_NAME)
 
 
 def update_manifest(set_dir: str | os.PathLike[str],

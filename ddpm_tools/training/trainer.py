@@ -16,7 +16,6 @@ multidecoder set (:mod:`ddpm_tools.training.joint`) runs on them too.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -33,7 +32,7 @@ from safetensors.torch import load_file, save
 from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import atomic_write_bytes, sha256_file
+from ddpm_tools.fileio import atomic_write_bytes, file_lock, sha256_file
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.denoiser import build_member
 from ddpm_tools.sets.manifest import (
@@ -176,22 +175,21 @@ def training_lock(ckpt: Path, what: str, writes: Sequence[Path] = ()) -> Iterato
     ``writes``) are removed: nobody else can be writing them.
     """
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(ckpt.parent / (ckpt.name.split(".")[0] + ".lock"), os.O_CREAT | os.O_RDWR,
-                 0o644)
+    locked = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BadInputError(
-                f"{what} is being trained by another process right now; wait for it to "
-                "finish (or stop it), then rerun to continue from its checkpoint") from None
-        for target in (ckpt, *writes):
-            for debris in target.parent.glob(f".{target.name}.*.tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    debris.unlink()
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+        with file_lock(ckpt.parent / (ckpt.name.split(".")[0] + ".lock"), wait=False):
+            locked = True
+            for target in (ckpt, *writes):
+                for debris in target.parent.glob(f".{target.name}.*.tmp"):
+                    with contextlib.suppress(FileNotFoundError):
+                        debris.unlink()
+            yield
+    except BlockingIOError:
+        if locked:  # raised by the training itself, not by the lock
+            raise
+        raise BadInputError(
+            f"{what} is being trained by another process right now; wait for it to finish "
+            "(or stop it), then rerun to continue from its checkpoint") from None
 
 
 def train_member(
