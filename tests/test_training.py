@@ -233,6 +233,13 @@ def test_each_torchrun_rank_uses_its_own_gpu(monkeypatch):
     assert [rank_device(d) for d in ("cuda", "cuda:1", "cpu")] == ["cuda:3", "cuda:1", "cpu"]
 
 
+def test_workers_take_the_gpus_in_turn():
+    from ddpm_tools.training.parallel import worker_device
+    assert [worker_device("cuda", k, 2) for k in range(4)] == ["cuda:0", "cuda:1"] * 2
+    assert worker_device("cuda", 3, 1) == "cuda" and worker_device("cuda", 3, 0) == "cuda"
+    assert worker_device("cpu", 1, 4) == "cpu" and worker_device("cuda:2", 1, 4) == "cuda:2"
+
+
 def test_python_m_runs_the_cli():
     import subprocess
     import sys

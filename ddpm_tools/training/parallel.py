@@ -40,6 +40,7 @@ _PRELOAD = ["__main__", "ddpm_tools.training.trainer", "ddpm_tools.data", "torch
 BARRIER_TIMEOUT = timedelta(days=7)  # torchrun: how long a rank may wait for the others
 
 _events: Any = None  # in a worker: the queue that carries progress back to the parent
+_ordinal = 0  # in a worker: its number among the run's workers (0, 1, ...)
 
 
 def _worker_context() -> Any:
@@ -53,10 +54,21 @@ def _worker_context() -> Any:
     return mp.get_context("spawn")
 
 
-def _worker_init(threads: int, events: Any) -> None:
-    global _events
+def _worker_init(threads: int, events: Any, tickets: Any) -> None:
+    global _events, _ordinal
     torch.set_num_threads(threads)
     _events = events
+    with tickets.get_lock():
+        _ordinal = tickets.value
+        tickets.value += 1
+
+
+def worker_device(device: str, ordinal: int, gpus: int) -> str:
+    """The device of worker ``ordinal``: with ``cuda`` and several GPUs the workers take
+    them in turn (worker k uses ``cuda:k mod gpus``); any other device as given."""
+    if device == "cuda" and gpus > 1:
+        return f"cuda:{ordinal % gpus}"
+    return device
 
 
 def _worker_progress(task: str, done: int, total: int, **info: float) -> None:
@@ -65,7 +77,9 @@ def _worker_progress(task: str, done: int, total: int, **info: float) -> None:
 
 def _worker_train(set_dir: str, index: int, steps: int | None, device: str) -> MemberResult:
     """Runs in a worker process; progress events go back through the queue."""
-    return train_member(set_dir, index, steps=steps, device=device, progress=_worker_progress)
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    return train_member(set_dir, index, steps=steps, device=worker_device(device, _ordinal, gpus),
+                        progress=_worker_progress)
 
 
 def _relay(events: Any, progress: ProgressFn | None, done: Callable[[], bool]) -> None:
@@ -88,8 +102,9 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
     """Train ``members`` (default: all) of the set, ``workers`` at a time.
 
     ``workers = 1`` trains in this process. More workers use fresh processes, each
-    with ``cpu_count // workers`` torch threads; members are handed out as workers free
-    up. Already trained members are skipped; interrupted ones resume. A multidecoder
+    with ``cpu_count // workers`` torch threads (and with ``device="cuda"`` on several
+    GPUs, its own GPU in turn: :func:`worker_device`); members are handed out as workers
+    free up. Already trained members are skipped; interrupted ones resume. A multidecoder
     set trains jointly in this process (``workers`` unused). The workers import the
     caller's main module (as multiprocessing does): call this from a script under
     ``if __name__ == "__main__":``.
@@ -111,12 +126,14 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = _worker_context()
     events = ctx.Queue()  # handed to each worker at its start (initargs)
+    tickets = ctx.Value("i", 0)  # numbers the workers, to spread them over GPUs
     stop = threading.Event()
     pump = threading.Thread(target=_relay, args=(events, progress, stop.is_set), daemon=True)
     pump.start()
     try:
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(threads, events)) as pool:
+                                 initializer=_worker_init, initargs=(threads, events, tickets)
+                                 ) as pool:
             futures = [pool.submit(_worker_train, str(set_dir), i, steps, device) for i in todo]
             results = [f.result() for f in futures]
     finally:
