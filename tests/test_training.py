@@ -115,6 +115,48 @@ def test_sigkilled_cli_run_resumes_bit_identical(tmp_path):
         assert torch.equal(v, _weights(p, 0)[k]), k
 
 
+def test_ctrl_c_stops_every_worker_with_one_sentence(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during `train --workers 2`: the
+    command ends within seconds with exit code 130 and one sentence, no worker keeps
+    training, and the checkpoints on disk are whole."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "set"
+    cmd = [sys.executable, "-m", "ddpm_tools.cli.main", "train", "--data", "8gaussians",
+           "--out", str(out), "--intervals", "2", "--T", "100", "--steps", "100000",
+           "--workers", "2", "--checkpoint-every", "50", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    cks = [checkpoint_path(out, i) for i in (0, 1)]
+    while not all(c.exists() for c in cks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("train --workers 2 kept running after Ctrl-C")
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-2000:]
+    gone_by = time.monotonic() + 15  # nothing of the run is left (workers, fork server)
+    while time.monotonic() < gone_by:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("processes of the interrupted run are still alive")
+    from safetensors import safe_open
+    for c in cks:
+        with safe_open(str(c), framework="pt") as f:
+            assert 50 <= int(f.metadata()["step"]) < 100000
+
+
 def test_second_process_on_the_same_member_is_refused(tmp_path):
     from ddpm_tools.training.trainer import training_lock
 

@@ -3,6 +3,7 @@
 Every command module registers itself on :data:`app`. A :class:`DdpmToolsError`
 raised anywhere below a command is printed as one sentence on stderr and the
 process exits with code 2 (no traceback); click's own usage errors also exit 2.
+Ctrl-C prints one sentence and exits with code 130.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from typer.core import TyperGroup
 from ddpm_tools.cli.common import err_console
 from ddpm_tools.errors import DdpmToolsError
 
+INTERRUPTED = ("interrupted: every file written so far is complete (outputs are written "
+               "atomically); rerun the same command to continue (training resumes from "
+               "each member's last checkpoint)")
+
 
 class _ErrorEdgeGroup(TyperGroup):
     """Catches the project's error family at the CLI edge."""
@@ -27,6 +32,9 @@ class _ErrorEdgeGroup(TyperGroup):
             msg = escape(str(e).rstrip())  # messages may hold [brackets]: not rich markup
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +42,11 @@ BARRIER_TIMEOUT = timedelta(days=7)  # torchrun: how long a rank may wait for th
 
 _events: Any = None  # in a worker: the queue that carries progress back to the parent
 _ordinal = 0  # in a worker: its number among the run's workers (0, 1, ...)
+_stop: Any = None  # in a worker: set by the parent when the run must end early
+
+
+class _Stopped(Exception):
+    """Raised inside a worker's training when the parent stops the run."""
 
 
 def _worker_context() -> Any:
@@ -54,10 +60,13 @@ def _worker_context() -> Any:
     return mp.get_context("spawn")
 
 
-def _worker_init(threads: int, events: Any, tickets: Any) -> None:
-    global _events, _ordinal
+def _worker_init(threads: int, events: Any, tickets: Any, stop: Any) -> None:
+    global _events, _ordinal, _stop
+    # Ctrl-C reaches every process of the terminal's group; the parent alone handles it
+    # and stops the workers through ``stop``, so that none is left training
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _events = events
+    _events, _stop = events, stop
     with tickets.get_lock():
         _ordinal = tickets.value
         tickets.value += 1
@@ -72,6 +81,8 @@ def worker_device(device: str, ordinal: int, gpus: int) -> str:
 
 
 def _worker_progress(task: str, done: int, total: int, **info: float) -> None:
+    if _stop.is_set():  # checked every 10 steps: the run ends at most 10 steps later
+        raise _Stopped(task)
     _events.put((task, done, total, info))
 
 
@@ -127,17 +138,23 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
     ctx = _worker_context()
     events = ctx.Queue()  # handed to each worker at its start (initargs)
     tickets = ctx.Value("i", 0)  # numbers the workers, to spread them over GPUs
-    stop = threading.Event()
-    pump = threading.Thread(target=_relay, args=(events, progress, stop.is_set), daemon=True)
+    stop_workers = ctx.Event()
+    done = threading.Event()
+    pump = threading.Thread(target=_relay, args=(events, progress, done.is_set), daemon=True)
     pump.start()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                               initializer=_worker_init,
+                               initargs=(threads, events, tickets, stop_workers))
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(threads, events, tickets)
-                                 ) as pool:
-            futures = [pool.submit(_worker_train, str(set_dir), i, steps, device) for i in todo]
-            results = [f.result() for f in futures]
+        futures = [pool.submit(_worker_train, str(set_dir), i, steps, device) for i in todo]
+        results = [f.result() for f in futures]
+    except BaseException:  # Ctrl-C or a failed member: stop the others, then report
+        stop_workers.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:
-        stop.set()
+        pool.shutdown(wait=True)
+        done.set()
         pump.join()
     _relay(events, progress, lambda: True)  # the workers have exited: what they sent last
     events.close()
