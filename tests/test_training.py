@@ -157,6 +157,23 @@ def test_ctrl_c_stops_every_worker_with_one_sentence(tmp_path):
             assert 50 <= int(f.metadata()["step"]) < 100000
 
 
+def test_a_failing_worker_stops_the_others(tmp_path):
+    import time
+
+    from ddpm_tools.errors import CheckpointError
+    from ddpm_tools.training.parallel import train_set
+
+    p = _new_set(tmp_path / "s", steps=60000, every=60000, intervals=2)
+    bad = checkpoint_path(p, 1)
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not a checkpoint")  # member 1 fails at once; member 0 would run long
+    t0 = time.monotonic()
+    with pytest.raises(CheckpointError):
+        train_set(p, workers=2)
+    assert time.monotonic() - t0 < 30  # member 0 was stopped, not trained to the end
+    assert read_manifest(p).members[0].sha256 is None
+
+
 def test_second_process_on_the_same_member_is_refused(tmp_path):
     from ddpm_tools.training.trainer import training_lock
 

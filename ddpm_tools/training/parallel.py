@@ -15,7 +15,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,8 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
                                initargs=(threads, events, tickets, stop_workers))
     try:
         futures = [pool.submit(_worker_train, str(set_dir), i, steps, device) for i in todo]
+        for f in as_completed(futures):  # the first failure ends the wait at once
+            f.result()
         results = [f.result() for f in futures]
     except BaseException:  # Ctrl-C or a failed member: stop the others, then report
         stop_workers.set()
