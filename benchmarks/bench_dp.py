@@ -35,12 +35,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from ddpm_tools.core.dp import (
-    solve_all_budgets,
-    solve_schedules,
-    solve_schedules_numpy,
-    warm_up,
-)
+from ddpm_tools.core.dp import solve_all_budgets, solve_schedules, solve_schedules_numpy, warm_up
 
 FIRST_CALL = (
     "import time; t0 = time.perf_counter(); import numpy as np; "

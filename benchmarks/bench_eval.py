@@ -46,10 +46,10 @@ from _common import (
 
 from ddpm_tools.core.gaussian import discretized_gaussian_log_likelihood
 from ddpm_tools.core.strides import even_stride
-from ddpm_tools.costs import EVAL_STREAM, noise_for, select_examples
+from ddpm_tools.costs.estimate import EVAL_STREAM, noise_for, select_examples
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.evaluate import ScheduleEval, eval_bpd
+from ddpm_tools.likelihood.elbo import ScheduleEval, eval_bpd
 from ddpm_tools.models import UNetConfig, config_to_dict
 from ddpm_tools.sets import CheckpointSet, Denoiser, load_set
 from ddpm_tools.training.config import TrainConfig

@@ -41,14 +41,14 @@ import torch
 from _common import base_parser, finish, machine, print_table, timed, torch_threads
 
 from ddpm_tools.core.dp import solve_schedules
-from ddpm_tools.cost_table import cached_cost_table
-from ddpm_tools.costs import CostSettings
+from ddpm_tools.costs.build import cached_cost_table
+from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
-from ddpm_tools.evaluate import eval_bpd
+from ddpm_tools.likelihood.elbo import eval_bpd
 from ddpm_tools.metrics.evaluate_samples import evaluate_samples
 from ddpm_tools.models import ArchConfig, MLPConfig, MultiDecoderConfig, count_parameters
-from ddpm_tools.sample_io import draw_samples, write_samples_npz
-from ddpm_tools.sampling import to_levels
+from ddpm_tools.sampling.ancestral import to_levels
+from ddpm_tools.sampling.sample_file import draw_samples, write_samples_npz
 from ddpm_tools.sets import CheckpointSet, load_set
 from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.create import SetSpec, build_manifest, create_set

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from _common import load_average, machine  # noqa: E402
 
-from ddpm_tools.fileio import atomic_write_text  # noqa: E402
+from ddpm_tools.io.files import atomic_write_text  # noqa: E402
 
 BENCHMARKS = {  # name -> (script, what it compares)
     "dp": ("bench_dp.py", "numba DP vs the plain numpy DP"),

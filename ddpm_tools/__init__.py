@@ -17,3 +17,38 @@ Glossary (names follow the papers; DESIGN.md fixes the conventions):
 """
 
 __version__ = "0.1.0"
+
+# The public API, importable from the top level (``from ddpm_tools import load_set``).
+# Imported lazily so that ``import ddpm_tools`` stays cheap (no torch until needed).
+_API = {
+    "load_data": "ddpm_tools.data",
+    "DataSplit": "ddpm_tools.data",
+    "load_set": "ddpm_tools.sets.load",
+    "CheckpointSet": "ddpm_tools.sets.checkpoint_set",
+    "Denoiser": "ddpm_tools.sets.denoiser",
+    "train": "ddpm_tools.training.api",
+    "TrainConfig": "ddpm_tools.training.config",
+    "SetSpec": "ddpm_tools.training.create",
+    "CostSettings": "ddpm_tools.costs.estimate",
+    "build_cost_table": "ddpm_tools.costs.build",
+    "cached_cost_table": "ddpm_tools.costs.build",
+    "CostTable": "ddpm_tools.costs.table_file",
+    "read_cost_table": "ddpm_tools.costs.table_file",
+    "write_cost_table": "ddpm_tools.costs.table_file",
+    "solve_schedules": "ddpm_tools.core.dp",
+    "solve_all_budgets": "ddpm_tools.core.dp",
+    "optimize_table": "ddpm_tools.schedules.optimize",
+    "Schedule": "ddpm_tools.schedules.schedule_file",
+    "eval_bpd": "ddpm_tools.likelihood.elbo",
+    "sample": "ddpm_tools.sampling.ancestral",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> object:
+    """``ddpm_tools.<name>`` for the names of the public API (imported on first use)."""
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'ddpm_tools' has no attribute {name!r}")

@@ -10,10 +10,10 @@ from safetensors.numpy import save
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.costs_io import CostTable, write_cost_table
+from ddpm_tools.costs.table_file import CostTable, write_cost_table
 from ddpm_tools.errors import MissingExtraError
-from ddpm_tools.plots import check_plot_target
-from ddpm_tools.schedule_file import read_schedule
+from ddpm_tools.io.plots import check_plot_target
+from ddpm_tools.schedules.schedule_file import read_schedule
 
 T = 40
 runner = CliRunner()

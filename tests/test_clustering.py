@@ -12,7 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.clustering import (
+from ddpm_tools.core.noise_schedule import make_schedule
+from ddpm_tools.core.segmentation import best_segmentation, segmentation_score, stage_scores
+from ddpm_tools.data import DataSplit, load_data
+from ddpm_tools.errors import BadInputError
+from ddpm_tools.sets import read_manifest
+from ddpm_tools.stages.clustering import (
     cluster_partition,
     make_grid,
     optimal_denoiser,
@@ -20,12 +25,7 @@ from ddpm_tools.clustering import (
     similarity_matrix,
     threshold_starts,
 )
-from ddpm_tools.core.schedules import make_schedule
-from ddpm_tools.core.segmentation import best_segmentation, segmentation_score, stage_scores
-from ddpm_tools.data import DataSplit, load_data
-from ddpm_tools.errors import BadInputError
-from ddpm_tools.sets import read_manifest
-from ddpm_tools.sets.partition import make_partition
+from ddpm_tools.stages.partition import make_partition
 
 runner = CliRunner()
 

@@ -14,7 +14,7 @@ from ddpm_tools.core.diffusion import (
     v_from_x0_eps,
     x0_from_prediction,
 )
-from ddpm_tools.core.schedules import NoiseSchedule, make_schedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule, make_schedule
 from ddpm_tools.errors import DdpmToolsError
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ddpm_tools.core.schedules import (
+from ddpm_tools.core.noise_schedule import (
     NoiseSchedule,
     cosine_betas,
     linear_betas,

@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ddpm_tools.cost_table as ct
+import ddpm_tools.costs.build as ct
 from ddpm_tools.cli.main import app
 from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import even_stride, quadratic_stride
-from ddpm_tools.cost_table import Shard, build_cost_table, merge_cost_tables
-from ddpm_tools.costs import CostSettings, noise_for, select_examples, step_costs
-from ddpm_tools.costs_io import predicted_nats, read_cost_table
+from ddpm_tools.costs.build import Shard, build_cost_table, merge_cost_tables
+from ddpm_tools.costs.estimate import CostSettings, noise_for, select_examples, step_costs
+from ddpm_tools.costs.table_file import predicted_nats, read_cost_table
 from ddpm_tools.data import load_data
 from ddpm_tools.sets import Denoiser, load_set
 from ddpm_tools.sets.manifest import with_member, write_manifest
@@ -221,7 +221,7 @@ def test_cached_table_is_rebuilt_when_weights_change(tiny_set_2d, tmp_path):
             prm.add_(0.01)
     from safetensors.torch import save_file
 
-    from ddpm_tools.fileio import sha256_file
+    from ddpm_tools.io.files import sha256_file
     save_file(net.state_dict(), str(p / cset.manifest.members[0].weights))
     write_manifest(p, with_member(cset.manifest, 0,
                                   sha256=sha256_file(p / cset.manifest.members[0].weights)))

@@ -7,15 +7,15 @@ import pytest
 from safetensors.numpy import save
 
 from ddpm_tools.core.strides import even_stride, quadratic_stride
-from ddpm_tools.costs_io import (
+from ddpm_tools.costs.table_file import (
     CostTable,
-    optimize_table,
     predicted_bpd,
     predicted_nats,
     read_cost_table,
     write_cost_table,
 )
 from ddpm_tools.errors import BadInputError
+from ddpm_tools.schedules.optimize import optimize_table
 
 T = 12
 

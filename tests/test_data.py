@@ -16,7 +16,7 @@ from ddpm_tools.data.digits import load_digits_split
 from ddpm_tools.data.toy2d import GAUSS8_STD, TOY_NAMES, gauss8_centers
 from ddpm_tools.data.user import fixed_split_indices
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.pngio import write_png
+from ddpm_tools.io.png import write_png
 
 # ---------------------------------------------------------------- 2-D toy sets
 

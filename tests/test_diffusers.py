@@ -16,11 +16,11 @@ import diffusers.schedulers.scheduling_ddpm as scheduling_ddpm  # noqa: E402
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 
 from ddpm_tools.cli.main import app  # noqa: E402
-from ddpm_tools.cost_table import cache_path  # noqa: E402
-from ddpm_tools.costs import CostSettings  # noqa: E402
+from ddpm_tools.costs.build import cache_path  # noqa: E402
+from ddpm_tools.costs.estimate import CostSettings  # noqa: E402
 from ddpm_tools.errors import CheckpointError  # noqa: E402
-from ddpm_tools.sampling import sample  # noqa: E402
-from ddpm_tools.schedule_file import Schedule, write_schedule  # noqa: E402
+from ddpm_tools.sampling.ancestral import sample  # noqa: E402
+from ddpm_tools.schedules.schedule_file import Schedule, write_schedule  # noqa: E402
 from ddpm_tools.sets import Denoiser, load_set  # noqa: E402
 from ddpm_tools.sets.diffusers_config import read_scheduler_config  # noqa: E402
 from ddpm_tools.sets.diffusers_set import DiffusersSet  # noqa: E402

@@ -18,7 +18,7 @@ from ddpm_tools.cli.main import app
 from ddpm_tools.data import load_data
 from ddpm_tools.data.digits import load_digits_split
 from ddpm_tools.errors import CheckpointError
-from ddpm_tools.fileio import sha256_file
+from ddpm_tools.io.files import sha256_file
 from ddpm_tools.metrics.classifier import ASSET_PATH
 from ddpm_tools.metrics.evaluate_samples import evaluate_samples, refstats_dir
 

@@ -14,12 +14,18 @@ from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
 from ddpm_tools.core.strides import even_stride
-from ddpm_tools.cost_table import build_cost_table
-from ddpm_tools.costs import EVAL_STREAM, CostSettings, noise_for, select_examples, step_costs
-from ddpm_tools.costs_io import predicted_nats
+from ddpm_tools.costs.build import build_cost_table
+from ddpm_tools.costs.estimate import (
+    EVAL_STREAM,
+    CostSettings,
+    noise_for,
+    select_examples,
+    step_costs,
+)
+from ddpm_tools.costs.table_file import predicted_nats
 from ddpm_tools.data import load_data
-from ddpm_tools.evaluate import eval_bpd
-from ddpm_tools.schedule_file import Schedule, write_schedule
+from ddpm_tools.likelihood.elbo import eval_bpd
+from ddpm_tools.schedules.schedule_file import Schedule, write_schedule
 from ddpm_tools.sets import Denoiser, load_set
 
 
@@ -149,7 +155,7 @@ def test_sample_cli_levels_grid_reproducible_and_ddim(tiny_set_digits, tmp_path)
     a = np.load(tmp_path / "a.npz")
     assert a["samples"].dtype == np.uint8 and a["samples"].shape == (9, 1, 8, 8)
     assert a["samples"].max() <= 16 and int(a["levels"]) == 17 and str(a["data"]) == "digits"
-    from ddpm_tools.pngio import read_png
+    from ddpm_tools.io.png import read_png
     assert read_png(tmp_path / "a.png").ndim == 2
     assert runner.invoke(app, base + ["--out", str(tmp_path / "b.npz")]).exit_code == 0
     assert np.array_equal(np.load(tmp_path / "b.npz")["samples"], a["samples"])
@@ -157,7 +163,7 @@ def test_sample_cli_levels_grid_reproducible_and_ddim(tiny_set_digits, tmp_path)
     assert res.exit_code == 0
     assert not np.array_equal(np.load(tmp_path / "c.npz")["samples"], a["samples"])
     # DDIM (eta = 0) is deterministic given x_T: two noise seeds for the steps, same x_T
-    from ddpm_tools.sampling import sample
+    from ddpm_tools.sampling.ancestral import sample
     cset = load_set(tiny_set_digits)
     xT = torch.randn(3, 1, 8, 8, dtype=torch.float64)
     tau = even_stride(cset.T, 5)

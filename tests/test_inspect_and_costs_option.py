@@ -8,11 +8,11 @@ import numpy as np
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.cost_table import build_cost_table
-from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import CostTable, write_cost_table
+from ddpm_tools.costs.build import build_cost_table
+from ddpm_tools.costs.estimate import CostSettings
+from ddpm_tools.costs.table_file import CostTable, write_cost_table
 from ddpm_tools.data import load_data
-from ddpm_tools.schedule_file import Schedule, write_schedule
+from ddpm_tools.schedules.schedule_file import Schedule, write_schedule
 from ddpm_tools.sets import load_set
 
 

@@ -10,7 +10,7 @@ import torch
 from scipy.stats import norm
 
 from ddpm_tools.core.diffusion import q_sample
-from ddpm_tools.core.schedules import make_schedule
+from ddpm_tools.core.noise_schedule import make_schedule
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.models import MLPConfig, build_network
 from ddpm_tools.training.losses import diffusion_loss, vlb_term

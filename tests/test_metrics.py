@@ -13,7 +13,7 @@ import torch
 
 from ddpm_tools.data.digits import load_digits_split
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import sha256_file
+from ddpm_tools.io.files import sha256_file
 from ddpm_tools.metrics import distances, two_sample
 from ddpm_tools.metrics.classifier import (
     ASSET_PATH,

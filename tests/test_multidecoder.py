@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.core.schedules import make_schedule
+from ddpm_tools.core.noise_schedule import make_schedule
 from ddpm_tools.data import load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import sha256_file
+from ddpm_tools.io.files import sha256_file
 from ddpm_tools.models import (
     MLPConfig,
     MultiDecoderConfig,

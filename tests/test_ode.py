@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.costs import select_examples
+from ddpm_tools.costs.estimate import select_examples
 from ddpm_tools.data import load_data, true_log_density
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.evaluate import eval_bpd
-from ddpm_tools.ode import ODESettings, ProbabilityFlow, divergence, eval_ode, ode_nll
+from ddpm_tools.likelihood.elbo import eval_bpd
+from ddpm_tools.likelihood.ode import ODESettings, ProbabilityFlow, divergence, eval_ode, ode_nll
 from ddpm_tools.sets import load_set
 
 runner = CliRunner()
@@ -26,7 +26,7 @@ runner = CliRunner()
 def zero_eps_set(out, data: str):
     """A one-member set whose MLP predicts eps = 0 everywhere (its output layer is zero)."""
     from ddpm_tools.models import MLPConfig
-    from ddpm_tools.sets.denoiser import build_member
+    from ddpm_tools.sets.checkpoint_set import build_member
     from ddpm_tools.sets.manifest import update_manifest, with_member
     from ddpm_tools.training.config import TrainConfig
     from ddpm_tools.training.create import SetSpec, build_manifest, create_set

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.pngio import image_grid, read_png, read_png_header, write_png
+from ddpm_tools.io.png import image_grid, read_png, read_png_header, write_png
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}

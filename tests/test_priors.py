@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
 from ddpm_tools.core.gaussian import prior_kl
-from ddpm_tools.cost_table import build_cost_table, set_fingerprint
-from ddpm_tools.costs import CostSettings, select_examples
-from ddpm_tools.costs_io import optimize_table, predicted_nats
+from ddpm_tools.costs.build import build_cost_table, set_fingerprint
+from ddpm_tools.costs.estimate import CostSettings, select_examples
+from ddpm_tools.costs.table_file import predicted_nats
 from ddpm_tools.data import load_data
 from ddpm_tools.data.toy2d import GAUSS8_STD, gauss8_centers
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.evaluate import eval_bpd
+from ddpm_tools.likelihood.elbo import eval_bpd
 from ddpm_tools.priors import (
     AuxPrior,
     FitSettings,
@@ -36,8 +36,9 @@ from ddpm_tools.priors import (
     save_prior,
 )
 from ddpm_tools.priors.gmm import gmm_from_numpy
-from ddpm_tools.sampling import sample
-from ddpm_tools.schedule_file import Schedule, write_schedule
+from ddpm_tools.sampling.ancestral import sample
+from ddpm_tools.schedules.optimize import optimize_table
+from ddpm_tools.schedules.schedule_file import Schedule, write_schedule
 from ddpm_tools.sets import load_set
 
 runner = CliRunner()

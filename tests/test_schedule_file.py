@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.schedule_file import Schedule, read_schedule, schedule_to_dict, write_schedule
+from ddpm_tools.schedules.schedule_file import (
+    Schedule,
+    read_schedule,
+    schedule_to_dict,
+    write_schedule,
+)
 
 
 def make(**kw) -> Schedule:

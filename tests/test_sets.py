@@ -12,13 +12,13 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.core.schedules import make_schedule
+from ddpm_tools.core.noise_schedule import make_schedule
 from ddpm_tools.errors import CheckpointError
-from ddpm_tools.fileio import sha256_file
+from ddpm_tools.io.files import sha256_file
 from ddpm_tools.models import MLPConfig, build_network
 from ddpm_tools.sets import DataInfo, Denoiser, Member, SetManifest, load_set, write_manifest
 from ddpm_tools.sets.manifest import MANIFEST_NAME, check_tiling
-from ddpm_tools.sets.partition import partition_snr, partition_uniform
+from ddpm_tools.stages.partition import partition_snr, partition_uniform
 
 CFG = MLPConfig(hidden=8, depth=1, time_dim=8)
 

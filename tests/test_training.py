@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import ddpm_tools.fileio as fileio
+import ddpm_tools.io.files as fileio
 from ddpm_tools.cli.main import app
 from ddpm_tools.data import load_data
 from ddpm_tools.models import MLPConfig

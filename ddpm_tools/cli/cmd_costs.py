@@ -11,9 +11,9 @@ import typer
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
 from ddpm_tools.core.gaussian import nats_to_bpd
-from ddpm_tools.cost_table import CostTableRun, Shard, build_cost_table, merge_cost_tables
-from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import CostTable, predicted_bpd
+from ddpm_tools.costs.build import CostTableRun, Shard, build_cost_table, merge_cost_tables
+from ddpm_tools.costs.estimate import CostSettings
+from ddpm_tools.costs.table_file import CostTable, predicted_bpd
 from ddpm_tools.data import load_data
 from ddpm_tools.device import resolve_device
 from ddpm_tools.errors import BadInputError

@@ -19,13 +19,13 @@ from ddpm_tools.cli.common import (
     print_json,
     rich_progress,
 )
-from ddpm_tools.costs import CostSettings
+from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
 from ddpm_tools.device import resolve_device
-from ddpm_tools.evaluate import ScheduleEval, eval_likelihood
-from ddpm_tools.ode import ODESettings
-from ddpm_tools.sample_io import SampleRun, draw_samples
-from ddpm_tools.schedule_spec import SPEC_HELP, CostSource, resolve_schedule
+from ddpm_tools.likelihood.elbo import ScheduleEval, eval_likelihood
+from ddpm_tools.likelihood.ode import ODESettings
+from ddpm_tools.sampling.sample_file import SampleRun, draw_samples
+from ddpm_tools.schedules.spec import SPEC_HELP, CostSource, resolve_schedule
 from ddpm_tools.sets import load_set
 
 TableSamplesOpt = Annotated[int, typer.Option(

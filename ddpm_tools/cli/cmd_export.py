@@ -10,7 +10,7 @@ import typer
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import JsonOpt, print_json
-from ddpm_tools.schedule_file import read_schedule
+from ddpm_tools.schedules.schedule_file import read_schedule
 
 
 class Target(str, Enum):

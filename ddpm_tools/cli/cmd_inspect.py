@@ -11,9 +11,9 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import JsonOpt, console, fmt, print_json
-from ddpm_tools.costs_io import CostTable, predicted_bpd, read_cost_table
+from ddpm_tools.costs.table_file import CostTable, predicted_bpd, read_cost_table
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.schedule_file import read_schedule, schedule_to_dict
+from ddpm_tools.schedules.schedule_file import read_schedule, schedule_to_dict
 from ddpm_tools.sets.inspect import SetReport, inspect_set
 
 

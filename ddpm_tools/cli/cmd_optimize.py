@@ -10,14 +10,15 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
-from ddpm_tools.cost_table import cached_cost_table
-from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import OptimizeResult, optimize_table, read_cost_table
+from ddpm_tools.costs.build import cached_cost_table
+from ddpm_tools.costs.estimate import CostSettings
+from ddpm_tools.costs.table_file import read_cost_table
 from ddpm_tools.device import resolve_device
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.fileio import ensure_writable_dir, sha256_file
-from ddpm_tools.plots import check_plot_target, frontier_png
-from ddpm_tools.schedule_file import write_schedule
+from ddpm_tools.io.files import ensure_writable_dir, sha256_file
+from ddpm_tools.io.plots import check_plot_target, frontier_png
+from ddpm_tools.schedules.optimize import OptimizeResult, optimize_table
+from ddpm_tools.schedules.schedule_file import write_schedule
 
 SHOWN_TIMESTEPS = 10  # longer schedules are shortened in the table
 

@@ -10,7 +10,11 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import JsonOpt, SeedOpt, console, fmt, print_json, rich_progress
-from ddpm_tools.clustering import (
+from ddpm_tools.core.noise_schedule import make_schedule
+from ddpm_tools.data import load_data
+from ddpm_tools.errors import BadInputError
+from ddpm_tools.io.plots import check_plot_target
+from ddpm_tools.stages.clustering import (
     DEFAULT_ALPHA,
     DEFAULT_ETA,
     DEFAULT_GRID,
@@ -19,10 +23,6 @@ from ddpm_tools.clustering import (
     ClusterResult,
     cluster_partition,
 )
-from ddpm_tools.core.schedules import make_schedule
-from ddpm_tools.data import load_data
-from ddpm_tools.errors import BadInputError
-from ddpm_tools.plots import check_plot_target
 
 DATA_HELP = ("Training data: digits, 8gaussians, checkerboard, moons, swissroll, pinwheel, "
              "2spirals, npz:PATH or folder:PATH (its train split is used).")
@@ -84,7 +84,7 @@ def partition_cmd(
             objective=objective, target=target, max_reference=max_reference, seed=seed,
             progress=progress)
     if plot is not None:
-        from ddpm_tools.clustering_plot import similarity_png
+        from ddpm_tools.stages.plot import similarity_png
 
         similarity_png(res, plot)
     if json_out:

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.errors import BadInputError
 
 Prediction = Literal["eps", "x0", "v"]

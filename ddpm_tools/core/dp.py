@@ -183,6 +183,17 @@ def solve_all_budgets(
     return _solve(L, prior, ks, False, progress)
 
 
+def solve_some(L: np.ndarray, prior: np.ndarray, budgets: Sequence[int]) -> list[DPSolution]:
+    """:func:`solve_schedules` without the errors: the solutions of those ``budgets`` that
+    have a finite-cost path (none if no path reaches a finite prior), in the order given."""
+    try:
+        L, prior, k_max = _validated(L, prior, "the cost table")
+    except BadInputError:  # no finite path reaches a finite prior at all
+        return []
+    ks = np.asarray([K for K in budgets if 1 <= K <= k_max], dtype=np.int64)
+    return _solve(L, prior, ks, False, None) if ks.size else []
+
+
 def warm_up() -> None:
     """Load the DP kernels from numba's disk cache (compiling them the first time ever), so
     that a timing of the DP that follows measures the DP alone."""

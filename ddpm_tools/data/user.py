@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.pngio import read_png, read_png_header
+from ddpm_tools.io.png import read_png, read_png_header
 
 IMAGE_LEVELS = 256  # 8-bit images
 USER_SPLIT_SEED = 0  # seed of the fixed split permutation (never the user's --seed)

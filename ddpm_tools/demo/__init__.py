@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ddpm_tools.demo.report import write_report
 from ddpm_tools.demo.run import DemoConfig, run_plan
-from ddpm_tools.fileio import ensure_writable_dir
+from ddpm_tools.io.files import ensure_writable_dir
 from ddpm_tools.progress import ProgressFn
 
 __all__ = ["DemoConfig", "run_demo"]

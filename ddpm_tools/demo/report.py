@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ddpm_tools.fileio import atomic_write_json, atomic_write_text
-from ddpm_tools.plots import lines_png, new_figure, save_figure
+from ddpm_tools.io.files import atomic_write_json, atomic_write_text
+from ddpm_tools.io.plots import lines_png, new_figure, save_figure
 
 
 def _pm(m: dict[str, Any] | None) -> str:

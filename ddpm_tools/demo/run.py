@@ -24,16 +24,17 @@ import numpy as np
 
 from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import even_stride, quadratic_stride
-from ddpm_tools.cost_table import cached_cost_table, set_fingerprint
-from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import CostTable, predicted_bpd, standard_prior
+from ddpm_tools.costs.build import cached_cost_table, set_fingerprint
+from ddpm_tools.costs.estimate import CostSettings
+from ddpm_tools.costs.table_file import CostTable, predicted_bpd
 from ddpm_tools.data import load_data
-from ddpm_tools.evaluate import eval_bpd
-from ddpm_tools.fileio import atomic_write_json, ensure_writable_dir
+from ddpm_tools.io.files import atomic_write_json, ensure_writable_dir
+from ddpm_tools.likelihood.elbo import eval_bpd
 from ddpm_tools.metrics.evaluate_samples import evaluate_samples
 from ddpm_tools.models import MLPConfig
 from ddpm_tools.progress import ProgressFn
-from ddpm_tools.sample_io import draw_samples
+from ddpm_tools.sampling.sample_file import draw_samples
+from ddpm_tools.schedules.optimize import standard_prior
 from ddpm_tools.sets import load_set
 from ddpm_tools.training.api import train
 from ddpm_tools.training.config import TrainConfig
@@ -137,7 +138,7 @@ def _sample_and_score(set_dir: Path, out: Path, plan: DataPlan, label: str,
     png = out / f"samples-{set_dir.name}-{label.replace(':', '')}.png"
     draw_samples(cset, label, tau, plan.sample_n, npz, grid=None, seed=seed,
                  progress=progress)
-    from ddpm_tools.sample_io import write_picture
+    from ddpm_tools.sampling.sample_file import write_picture
     s = np.load(npz)["samples"]
     write_picture(png, s[:64] if cset.manifest.data.levels else s, cset.manifest.data.levels,
                   title=f"{set_dir.name}, {label}")

@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ddpm_tools.errors import BadInputError, CheckpointError, MissingExtraError
-from ddpm_tools.fileio import atomic_write_bytes, sha256_file
+from ddpm_tools.io.files import atomic_write_bytes, sha256_file
 from ddpm_tools.progress import ProgressFn, report
 
 CLASSIFIER_VERSION = "1"  # format/architecture version written to the weights' metadata

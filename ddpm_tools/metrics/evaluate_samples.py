@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save
 
 from ddpm_tools.data import DATA_NAMES, DataSplit, has_true_density, load_data, true_log_density
 from ddpm_tools.errors import BadInputError, DdpmToolsError
-from ddpm_tools.fileio import atomic_write_bytes, cache_root, sha256_bytes, sha256_file
+from ddpm_tools.io.files import atomic_write_bytes, cache_root, sha256_bytes, sha256_file
 from ddpm_tools.metrics import distances, two_sample
 from ddpm_tools.metrics.classifier import (
     digits_features,

@@ -30,7 +30,8 @@ from ddpm_tools.priors.model import AuxPrior, PriorConfig, PriorInfo
 from ddpm_tools.priors.store import save_prior
 from ddpm_tools.priors.terms import neg_entropy_q
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.denoiser import CheckpointSet, load_set
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.load import load_set
 
 
 @dataclass(frozen=True)

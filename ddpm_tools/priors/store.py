@@ -27,17 +27,11 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.errors import CheckpointError
-from ddpm_tools.fileio import atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from ddpm_tools.priors.model import (
-    KINDS,
-    AuxPrior,
-    PriorInfo,
-    build_density,
-    config_from_json,
-)
-from ddpm_tools.sets.denoiser import CheckpointSet
+from ddpm_tools.io.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from ddpm_tools.priors.model import KINDS, AuxPrior, PriorInfo, build_density, config_from_json
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
 from ddpm_tools.sets.manifest import MANIFEST_NAME, manifest_lock
 
 PRIORS_SUBDIR = "priors"

@@ -21,12 +21,12 @@ import torch
 
 from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.core.gaussian import LOG_2PI
-from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.model import AuxPrior
 from ddpm_tools.priors.store import load_priors
-from ddpm_tools.sets.denoiser import CheckpointSet
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
 
 
 def neg_entropy_q(schedule: NoiseSchedule, t: int, dims: int) -> float:

@@ -1,6 +1,8 @@
-"""Checkpoint sets: the manifest, partitions of [1, T], and the routing Denoiser."""
+"""Checkpoint sets: the manifest, loading a set and its members, and the routing Denoiser."""
 
-from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser, DenoiserOutput, load_set
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.denoiser import Denoiser, DenoiserOutput
+from ddpm_tools.sets.load import load_set
 from ddpm_tools.sets.manifest import (
     DataInfo,
     Member,

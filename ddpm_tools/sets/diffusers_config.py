@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddpm_tools.core.schedules import NoiseSchedule, cosine_betas
+from ddpm_tools.core.noise_schedule import NoiseSchedule, cosine_betas
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import read_json
+from ddpm_tools.io.files import read_json
 
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")  # configs whose betas we read
 PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}

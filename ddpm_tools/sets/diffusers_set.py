@@ -34,8 +34,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ddpm_tools.errors import CheckpointError, MissingExtraError
-from ddpm_tools.fileio import cache_root, read_json, sha256_file
-from ddpm_tools.sets.denoiser import CheckpointSet
+from ddpm_tools.io.files import cache_root, read_json, sha256_file
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
 from ddpm_tools.sets.diffusers_config import read_scheduler_config, read_unet_config
 from ddpm_tools.sets.manifest import MANIFEST_NAME, DataInfo, ExternalArch, Member, SetManifest
 

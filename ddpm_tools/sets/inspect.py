@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_tools.models import arch_name, count_parameters
-from ddpm_tools.sets.denoiser import build_member, load_set
+from ddpm_tools.sets.checkpoint_set import build_member
+from ddpm_tools.sets.load import load_set
 from ddpm_tools.sets.manifest import ExternalArch
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_tools.core.diffusion import PREDICTIONS, VARIANCE_TYPES
-from ddpm_tools.core.schedules import NoiseSchedule, schedule_from_spec
+from ddpm_tools.core.noise_schedule import NoiseSchedule, schedule_from_spec
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import atomic_write_json, file_lock, read_json
+from ddpm_tools.io.files import atomic_write_json, file_lock, read_json
 from ddpm_tools.models import (
     ArchConfig,
     MultiDecoderConfig,

@@ -12,17 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ddpm_tools.core.diffusion import PREDICTIONS, VARIANCE_TYPES
-from ddpm_tools.core.schedules import make_schedule
+from ddpm_tools.core.noise_schedule import make_schedule
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.fileio import ensure_writable_dir
-from ddpm_tools.models import (
-    ArchConfig,
-    MLPConfig,
-    MultiDecoderConfig,
-    UNetConfig,
-    default_config,
-)
+from ddpm_tools.io.files import ensure_writable_dir
+from ddpm_tools.models import ArchConfig, MLPConfig, MultiDecoderConfig, UNetConfig, default_config
 from ddpm_tools.sets.manifest import (
     MANIFEST_NAME,
     DataInfo,
@@ -34,7 +28,7 @@ from ddpm_tools.sets.manifest import (
     read_manifest,
     write_manifest,
 )
-from ddpm_tools.sets.partition import make_partition
+from ddpm_tools.stages.partition import make_partition
 from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.joint import STAGE_SAMPLING
 

@@ -36,7 +36,7 @@ from ddpm_tools.core.diffusion import (
     x0_from_prediction,
 )
 from ddpm_tools.core.gaussian import decoder_nll, normal_kl
-from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.models import split_output
 

@@ -32,9 +32,9 @@ from safetensors.torch import load_file, save
 from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.fileio import atomic_write_bytes, file_lock, sha256_file
+from ddpm_tools.io.files import atomic_write_bytes, file_lock, sha256_file
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.denoiser import build_member
+from ddpm_tools.sets.checkpoint_set import build_member
 from ddpm_tools.sets.manifest import (
     Member,
     MemberState,

@@ -33,7 +33,8 @@ from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.model import AuxPrior
 from ddpm_tools.priors.terms import aux_prior_nats
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.denoiser import Denoiser
 
 COST_STREAM = 0  # noise stream of cost tables
 EVAL_STREAM = 1  # noise stream of eval-bpd: fresh noise, independent of the cost table

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ddpm_tools.errors import BadInputError, MissingExtraError
-from ddpm_tools.fileio import atomic_write_bytes, ensure_writable_dir
+from ddpm_tools.io.files import atomic_write_bytes, ensure_writable_dir
 
 PLOT_HINT = "install the plot extra: pip install 'ddpm-tools[plot]'"
 

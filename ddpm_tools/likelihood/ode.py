@@ -60,12 +60,13 @@ import torch
 
 from ddpm_tools.core.diffusion import eps_from_x0, x0_from_prediction
 from ddpm_tools.core.gaussian import LOG_2PI
-from ddpm_tools.costs import select_examples
+from ddpm_tools.costs.estimate import select_examples
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.models import split_output
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.denoiser import Denoiser
 
 EXACT_DIV_MAX_DIMS = 16  # exact divergence up to this many dimensions, else Hutchinson
 KNOT_TOL = 1e-9  # a tau this close to an integer is that integer

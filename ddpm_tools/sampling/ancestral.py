@@ -25,7 +25,8 @@ from ddpm_tools.core.diffusion import (
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.terms import start_priors
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.denoiser import Denoiser
 
 
 def sample(cset: CheckpointSet, timesteps: np.ndarray, n: int, eta: float = 1.0,

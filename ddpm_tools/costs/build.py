@@ -1,6 +1,6 @@
 """Building, resuming, sharding, merging and caching cost tables (``ddpm-tools cost-table``).
 
-The per-time work is in :mod:`ddpm_tools.costs`; this module decides which columns t
+The per-time work is in :mod:`ddpm_tools.costs.estimate`; this module decides which columns t
 to compute, keeps partial results on disk so that an interrupted run resumes, lets a
 cluster split t into shards (``--shard i/n`` takes t = i+1, i+1+n, ...: equal work per
 shard) and merges them, and caches the train-split table next to its set.
@@ -21,20 +21,21 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from ddpm_tools.costs import (
+from ddpm_tools.costs.estimate import (
     CostColumns,
     CostSettings,
     compute_columns,
     prior_costs,
     select_examples,
 )
-from ddpm_tools.costs_io import CostTable, read_cost_table, write_cost_table
+from ddpm_tools.costs.table_file import CostTable, read_cost_table, write_cost_table
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.fileio import atomic_write_bytes, ensure_writable_dir
+from ddpm_tools.io.files import atomic_write_bytes, ensure_writable_dir
 from ddpm_tools.priors.store import load_priors, prior_fingerprint
 from ddpm_tools.progress import ProgressFn
-from ddpm_tools.sets.denoiser import CheckpointSet, load_set
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.load import load_set
 
 PARTIAL_FORMAT = "ddpm-tools/cost-partial"
 PARTIAL_EVERY_SECONDS = 30.0  # how often partial results are written during a run

@@ -6,7 +6,7 @@ For a schedule 0 = tau_0 < ... < tau_K = T (Watson et al. 2021, eq. (3)):
                + E -log p(x_0 | x_{tau_1})                        (decoder)
 Each expectation is estimated with one x_t ~ q(x_t | x_0) per example and time, as
 improved-diffusion's ``calc_bpd_loop`` does. The noise comes from a stream of its own
-(:data:`ddpm_tools.costs.EVAL_STREAM`), so it is independent of the cost table's; all
+(:data:`ddpm_tools.costs.estimate.EVAL_STREAM`), so it is independent of the cost table's; all
 schedules evaluated together share the examples and the x_t at every common t, so
 their per-example differences are paired and have their own standard errors.
 
@@ -26,13 +26,14 @@ import torch
 
 from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.core.gaussian import prior_kl
-from ddpm_tools.costs import EVAL_STREAM, noise_for, select_examples, step_costs
+from ddpm_tools.costs.estimate import EVAL_STREAM, noise_for, select_examples, step_costs
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.ode import ODEEval, ODESettings, eval_ode
+from ddpm_tools.likelihood.ode import ODEEval, ODESettings, eval_ode
 from ddpm_tools.priors.terms import aux_prior_nats, start_priors
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.denoiser import CheckpointSet, Denoiser
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.denoiser import Denoiser
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ def eval_likelihood(cset: CheckpointSet, data: DataSplit,
                     device: torch.device | str = "cpu", ode: ODESettings = ODESettings(),
                     progress: ProgressFn | None = None) -> LikelihoodEval:
     """:func:`eval_bpd` of ``schedules``; with ``method="ode"`` also the probability-flow
-    ODE bits/dim (:func:`ddpm_tools.ode.eval_ode`) on the same examples, and the full
+    ODE bits/dim (:func:`ddpm_tools.likelihood.ode.eval_ode`) on the same examples, and the full
     chain as the ELBO to compare with when no schedule is given."""
     if method not in METHODS:
         raise BadInputError(f"unknown --method {method!r}; choose elbo (negative ELBO of a "

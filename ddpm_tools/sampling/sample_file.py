@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.fileio import atomic_write_bytes, ensure_writable_dir
-from ddpm_tools.pngio import image_grid, write_png
+from ddpm_tools.io.files import atomic_write_bytes, ensure_writable_dir
+from ddpm_tools.io.png import image_grid, write_png
 from ddpm_tools.progress import ProgressFn
-from ddpm_tools.sampling import sample, to_levels
-from ddpm_tools.sets.denoiser import CheckpointSet
+from ddpm_tools.sampling.ancestral import sample, to_levels
+from ddpm_tools.sets.checkpoint_set import CheckpointSet
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def write_picture(path: str | os.PathLike[str], samples: np.ndarray, levels: int
     if levels is None:
         if samples.ndim != 2 or samples.shape[1] != 2:
             raise BadInputError("a picture of continuous data needs 2-D points")
-        from ddpm_tools.plots import scatter_png
+        from ddpm_tools.io.plots import scatter_png
 
         scatter_png(samples, path, title=title)
         return
@@ -73,7 +73,7 @@ def draw_samples(cset: CheckpointSet, label: str, timesteps: np.ndarray, n: int,
     if grid is not None:
         ensure_writable_dir(Path(grid).parent)
         if cset.manifest.data.levels is None:
-            from ddpm_tools.plots import require_matplotlib
+            from ddpm_tools.io.plots import require_matplotlib
 
             require_matplotlib()
     g = torch.Generator().manual_seed(seed)

@@ -18,13 +18,14 @@ import numpy as np
 
 from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import check_timesteps, even_stride, quadratic_stride
-from ddpm_tools.cost_table import cached_cost_table, set_fingerprint
-from ddpm_tools.costs import CostSettings
-from ddpm_tools.costs_io import CostTable, read_cost_table, standard_prior
+from ddpm_tools.costs.build import cached_cost_table, set_fingerprint
+from ddpm_tools.costs.estimate import CostSettings
+from ddpm_tools.costs.table_file import CostTable, read_cost_table
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn
-from ddpm_tools.schedule_file import read_schedule
-from ddpm_tools.sets.denoiser import load_set
+from ddpm_tools.schedules.optimize import standard_prior
+from ddpm_tools.schedules.schedule_file import read_schedule
+from ddpm_tools.sets.load import load_set
 
 SPEC_HELP = ("A schedule JSON file, dp:K (exact DP on the set's train-split cost table), "
              "dp-truncated:K (the DP may also start below T where the set has an auxiliary "

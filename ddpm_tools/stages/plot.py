@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from ddpm_tools.clustering import ClusterResult
-from ddpm_tools.plots import new_figure, save_figure
+from ddpm_tools.io.plots import new_figure, save_figure
+from ddpm_tools.stages.clustering import ClusterResult
 
 TICKS = 6  # labelled grid times per axis
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError, DdpmToolsError
-from ddpm_tools.fileio import atomic_write_text, read_json
+from ddpm_tools.io.files import atomic_write_text, read_json
 
 Method = Literal["dp", "even", "quadratic", "given"]
 METHODS: tuple[str, ...] = ("dp", "even", "quadratic", "given")

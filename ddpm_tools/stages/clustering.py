@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.core.segmentation import OBJECTIVES, best_segmentation, segmentation_score
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError

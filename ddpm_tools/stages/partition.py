@@ -5,14 +5,14 @@ how [1, T] is cut is a choice: ``uniform`` gives every member the same number of
 timesteps, ``snr`` cuts at equal spacing in log-SNR, log(alpha_bar_t / (1 - alpha_bar_t))
 (Kingma et al. 2021, eq. (3)), so that each member covers the same range of noise levels;
 ``cluster`` cuts where the optimal denoiser's task changes (Zhang et al. 2024, timestep
-clustering, :mod:`ddpm_tools.clustering`), which needs the training data.
+clustering, :mod:`ddpm_tools.stages.clustering`), which needs the training data.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ddpm_tools.core.schedules import NoiseSchedule
+from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 
@@ -64,7 +64,7 @@ def partition_snr(schedule: NoiseSchedule, n: int) -> list[tuple[int, int]]:
 def make_partition(name: str, schedule: NoiseSchedule, n: int,
                    data: DataSplit | None = None) -> list[tuple[int, int]]:
     """Dispatch on the partition name (uniform, snr, cluster; cluster needs ``data``, the
-    train split, and uses the defaults of :func:`ddpm_tools.clustering.cluster_partition`
+    train split, and uses the defaults of :func:`ddpm_tools.stages.clustering.cluster_partition`
     with a grid of at least ``n`` times)."""
     if name == "uniform":
         return partition_uniform(schedule.T, n)
@@ -75,7 +75,7 @@ def make_partition(name: str, schedule: NoiseSchedule, n: int,
         if data is None:
             raise BadInputError("the cluster partition needs the training data; pass the "
                                 "train split as data=")
-        from ddpm_tools.clustering import DEFAULT_GRID, cluster_partition
+        from ddpm_tools.stages.clustering import DEFAULT_GRID, cluster_partition
 
         grid = min(schedule.T, max(DEFAULT_GRID, n))
         return list(cluster_partition(data, schedule, n, grid=grid).ranges)

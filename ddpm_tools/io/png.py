@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.fileio import atomic_write_bytes
+from ddpm_tools.io.files import atomic_write_bytes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZLIB_LEVEL = 6  # compression level of written files (zlib default)
