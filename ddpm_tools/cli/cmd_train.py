@@ -32,11 +32,15 @@ def _print_results(results: list[MemberResult], title: str) -> None:
                       fmt(r.final_loss) if r.final_loss is not None else "-",
                       f"{r.seconds:.1f}", "already trained" if r.skipped else "")
     console.print(table)
+    for r in results:
+        if r.repaired:
+            console.print(f"member {r.index}: {r.repaired}", highlight=False, soft_wrap=True)
 
 
 def _results_json(results: list[MemberResult]) -> list[dict[str, object]]:
     return [{"member": r.index, "t_lo": r.t_lo, "t_hi": r.t_hi, "steps": r.steps_done,
-             "final_loss": r.final_loss, "seconds": r.seconds, "skipped": r.skipped}
+             "final_loss": r.final_loss, "seconds": r.seconds, "skipped": r.skipped,
+             "repaired": r.repaired or None}
             for r in results]
 
 

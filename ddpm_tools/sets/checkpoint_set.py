@@ -32,24 +32,45 @@ RETRAIN_MEMBER = "retrain the member with ddpm-tools train-interval"
 RETRAIN_JOINT = "retrain the set with ddpm-tools train (multidecoder sets train jointly)"
 
 
+def retrain_member_command(set_dir: Path, index: int) -> str:
+    """The advice that repairs member ``index``: the train-interval command to run."""
+    return f"repair it with ddpm-tools train-interval --set {set_dir} --member {index}"
+
+
+def weights_damage(path: Path, expected_sha256: str | None) -> str | None:
+    """Why the weights file at ``path`` cannot be used (missing, not a file, unreadable,
+    or a sha256 other than ``expected_sha256``); None when it is intact."""
+    if not path.exists():
+        return f"weights file {path} is missing"
+    if not path.is_file():
+        return f"weights path {path} is not a file"
+    try:
+        got = sha256_file(path)
+    except OSError as e:
+        return f"weights file {path} is unreadable ({e.strerror})"
+    if expected_sha256 is not None and got != expected_sha256:
+        return (f"weights file {path} has sha256 {got[:12]}…, the manifest records "
+                f"{expected_sha256[:12]}… (the file was changed or corrupted)")
+    return None
+
+
 def load_member_weights(path: Path, expected_sha256: str | None, where: str,
                         retrain: str = RETRAIN_MEMBER) -> dict[str, torch.Tensor]:
-    """Read a member's safetensors file after checking its sha256 against the manifest;
-    ``retrain`` ends the error messages (what to do)."""
-    if not path.exists():
-        raise CheckpointError(f"{where}: weights file {path} is missing; {retrain}")
-    if expected_sha256 is not None:
-        got = sha256_file(path)
-        if got != expected_sha256:
-            raise CheckpointError(
-                f"{where}: weights file {path} has sha256 {got[:12]}…, the manifest records "
-                f"{expected_sha256[:12]}…; the file was changed or corrupted, {retrain}"
-            )
+    """Read a member's safetensors file after checking its sha256 against the manifest,
+    and that every weight is finite; ``retrain`` ends the error messages (what to do)."""
+    damage = weights_damage(path, expected_sha256)
+    if damage is not None:
+        raise CheckpointError(f"{where}: {damage}; {retrain}")
     try:
-        return load_file(str(path), device="cpu")
+        state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{where}: weights file {path} is corrupt or truncated ({e}); "
                               f"{retrain}") from None
+    for k, v in state.items():
+        if v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: weights file {path} holds NaN or infinite values "
+                                  f"(in {k}); {retrain}")
+    return state
 
 
 def build_member(manifest: SetManifest, member: Member) -> torch.nn.Module:
@@ -121,7 +142,9 @@ class CheckpointSet:
             self.check_trained()
         if self.manifest.shared_encoder is None:
             net = build_member(self.manifest, m)
-            _load_state(net, load_member_weights(self.path / m.weights, m.sha256, where), where)
+            _load_state(net, load_member_weights(self.path / m.weights, m.sha256, where,
+                                                 retrain_member_command(self.path, m.index)),
+                        where)
             return net.to(device).eval()
         if not isinstance(m.arch, MultiDecoderConfig):  # manifest validation rules this out
             raise CheckpointError(f"{where}: not a multidecoder member")

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 from ddpm_tools.data import DataSplit
-from ddpm_tools.errors import BadInputError
+from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.models import MultiDecoderConfig, build_multidecoder
 from ddpm_tools.progress import ProgressFn
+from ddpm_tools.sets.checkpoint_set import weights_damage
 from ddpm_tools.sets.manifest import (
     MemberState,
     SetManifest,
@@ -110,17 +111,18 @@ def train_multidecoder(
     target = steps if steps is not None else cfg.steps
     if target < 1:
         raise BadInputError("--steps must be at least 1")
-    if _trained(man, shared, target):
+    if _trained(man, shared, target) and _damage(set_dir, man, shared) is None:
         return [member_result_from_manifest(man, m.index) for m in man.members]
     ckpt = checkpoint_path(set_dir)
     writes = [set_dir / shared.weights] + [set_dir / m.weights for m in man.members]
     with training_lock(ckpt, f"{JOINT} {set_dir}", writes):
         man = read_manifest(set_dir)  # another run may just have ended
         configs, shared = _stages(man, set_dir)
-        if _trained(man, shared, target):
+        damage = _damage(set_dir, man, shared) if _trained(man, shared, target) else None
+        if _trained(man, shared, target) and damage is None:
             return [member_result_from_manifest(man, m.index) for m in man.members]
         return _train_locked(set_dir, man, configs, shared, cfg, target, ckpt, device,
-                             progress, data, stop_after)
+                             progress, data, stop_after, damage)
 
 
 def _trained(man: SetManifest, shared: SharedWeights, target: int) -> bool:
@@ -128,23 +130,44 @@ def _trained(man: SetManifest, shared: SharedWeights, target: int) -> bool:
         m.sha256 is not None and m.state.steps_done >= target for m in man.members)
 
 
+def _damage(set_dir: Path, man: SetManifest, shared: SharedWeights) -> str | None:
+    """Why one of a trained set's weights files is unusable (None: all are intact)."""
+    files = [(shared.weights, shared.sha256)] + [(m.weights, m.sha256) for m in man.members]
+    for name, sha in files:
+        if (damage := weights_damage(set_dir / name, sha)) is not None:
+            return damage
+    return None
+
+
 def _train_locked(set_dir: Path, man: SetManifest, configs: list[MultiDecoderConfig],
                   shared: SharedWeights, cfg: TrainConfig, target: int, ckpt: Path,
                   device: torch.device | str, progress: ProgressFn | None,
-                  data: DataSplit | None, stop_after: int | None) -> list[MemberResult]:
-    """The body of :func:`train_multidecoder`, run under the set's training lock."""
+                  data: DataSplit | None, stop_after: int | None,
+                  damage: str | None = None) -> list[MemberResult]:
+    """The body of :func:`train_multidecoder`, run under the set's training lock;
+    ``damage`` (a weights file is unusable) retrains from the checkpoint when it is intact,
+    else from scratch."""
     dev = torch.device(device)
     x_all = train_tensor(man, cfg, data, dev)
 
     seed = cfg.seed * SEED_STRIDE + JOINT_STREAM
-    with torch.random.fork_rng(devices=[]):  # initial weights from the joint run's seed
-        torch.manual_seed(seed)
-        net = build_multidecoder(configs, [m.t_hi for m in man.members], man.data.shape,
-                                 man.out_factor).to(dev)
-    st = new_state(net, cfg, seed)
+
+    def fresh() -> TrainState:
+        with torch.random.fork_rng(devices=[]):  # initial weights from the joint run's seed
+            torch.manual_seed(seed)
+            net = build_multidecoder(configs, [m.t_hi for m in man.members], man.data.shape,
+                                     man.out_factor).to(dev)
+        return new_state(net, cfg, seed)
+
+    st = fresh()
     if ckpt.exists():
-        load_checkpoint(ckpt, st, JOINT)
-        st.ema = {k: v.to(dev) for k, v in st.ema.items()}
+        try:
+            load_checkpoint(ckpt, st, JOINT)
+        except CheckpointError:
+            if damage is None:
+                raise
+            st = fresh()
+    st.ema = {k: v.to(dev) for k, v in st.ema.items()}
     ranges = [(m.t_lo, m.t_hi) for m in man.members]
     p = stage_probabilities(ranges, str(man.training.get("stage_sampling", "uniform")))
     task = f"multidecoder [{len(ranges)} stages, t 1..{man.T}]"

@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.io.files import atomic_write_bytes, file_lock, sha256_file
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.checkpoint_set import build_member
+from ddpm_tools.sets.checkpoint_set import build_member, weights_damage
 from ddpm_tools.sets.manifest import (
     Member,
     MemberState,
@@ -62,6 +62,7 @@ class MemberResult:
     final_loss: float | None  # mean loss over the last LOSS_WINDOW steps
     seconds: float  # wall-clock time in total (over resumed runs)
     skipped: bool  # True if the member was already trained to its target
+    repaired: str = ""  # how damaged recorded weights were rebuilt ("" if they were not)
 
 
 def checkpoint_path(set_dir: Path, index: int) -> Path:
@@ -217,20 +218,26 @@ def train_member(
     target = steps if steps is not None else cfg.steps
     if target < 1:
         raise BadInputError("--steps must be at least 1")
-    if _trained(member, target):
+    if _trained(member, target) and _damage(set_dir, member) is None:
         return _skipped(member)
     ckpt = checkpoint_path(set_dir, index)
     with training_lock(ckpt, f"member {index} of {set_dir}", [set_dir / member.weights]):
         man = read_manifest(set_dir)  # another run may just have ended
         member = man.members[index]
-        if _trained(member, target):
+        damage = _damage(set_dir, member) if _trained(member, target) else None
+        if _trained(member, target) and damage is None:
             return _skipped(member)
         return _train_member_locked(set_dir, man, index, cfg, target, ckpt, device,
-                                    progress, data, stop_after)
+                                    progress, data, stop_after, damage)
 
 
 def _trained(member: Member, target: int) -> bool:
     return member.sha256 is not None and member.state.steps_done >= target
+
+
+def _damage(set_dir: Path, member: Member) -> str | None:
+    """Why a trained member's recorded weights are unusable (None: they are intact)."""
+    return weights_damage(set_dir / member.weights, member.sha256)
 
 
 def _skipped(member: Member) -> MemberResult:
@@ -241,26 +248,49 @@ def _skipped(member: Member) -> MemberResult:
 def _train_member_locked(set_dir: Path, man: SetManifest, index: int, cfg: TrainConfig,
                          target: int, ckpt: Path, device: torch.device | str,
                          progress: ProgressFn | None, data: DataSplit | None,
-                         stop_after: int | None) -> MemberResult:
-    """The body of :func:`train_member`, run under the member's training lock."""
+                         stop_after: int | None, damage: str | None = None) -> MemberResult:
+    """The body of :func:`train_member`, run under the member's training lock.
+
+    ``damage`` (why the recorded weights are unusable) repairs a trained member: from its
+    training checkpoint when that is intact (the same weights again), else from scratch."""
     member = man.members[index]
+    weights = set_dir / member.weights
+    if damage is not None and weights.exists() and not weights.is_file():
+        raise BadInputError(f"{damage}, so member {index} cannot be rewritten there; move "
+                            "it away, then rerun to repair the member")
     dev = torch.device(device)
     x_all = train_tensor(man, cfg, data, dev)
 
-    member_seed = cfg.seed * SEED_STRIDE + index
-    with torch.random.fork_rng(devices=[]):  # initial weights from the member's own seed
-        torch.manual_seed(member_seed)
-        net = build_member(man, member).to(dev)
-    st = new_state(net, cfg, member_seed)
-    if ckpt.exists():
+    st = _fresh_state(man, index, cfg, dev)
+    repaired = "" if damage is None else f"{damage}: rebuilt from its training checkpoint"
+    if ckpt.exists() and damage is None:
         load_checkpoint(ckpt, st, index)
-        st.ema = {k: v.to(dev) for k, v in st.ema.items()}
+    elif ckpt.exists():
+        try:
+            load_checkpoint(ckpt, st, index)
+        except CheckpointError:
+            st = _fresh_state(man, index, cfg, dev)
+            repaired = f"{damage}: retrained from scratch (its training checkpoint is unusable)"
+    elif damage is not None:
+        repaired = f"{damage}: retrained from scratch (it has no training checkpoint)"
+    st.ema = {k: v.to(dev) for k, v in st.ema.items()}
     task = f"member {index} [t {member.t_lo}..{member.t_hi}]"
     run_steps(man, [(member.t_lo, member.t_hi)], cfg, st, x_all, target, ckpt, index, task,
               progress, stop_after)
     if st.step < target:  # stopped early on request: checkpoint saved, manifest untouched
-        return MemberResult(index, member.t_lo, member.t_hi, st.step, None, st.seconds, False)
-    return _finish(set_dir, man, index, cfg, st, target)
+        return MemberResult(index, member.t_lo, member.t_hi, st.step, None, st.seconds, False,
+                            repaired)
+    return replace(_finish(set_dir, man, index, cfg, st, target), repaired=repaired)
+
+
+def _fresh_state(man: SetManifest, index: int, cfg: TrainConfig, dev: torch.device
+                 ) -> TrainState:
+    """Member ``index``'s untrained state: initial weights from the member's own seed."""
+    member_seed = cfg.seed * SEED_STRIDE + index
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(member_seed)
+        net = build_member(man, man.members[index]).to(dev)
+    return new_state(net, cfg, member_seed)
 
 
 def train_tensor(man: SetManifest, cfg: TrainConfig, data: DataSplit | None,
