@@ -8,6 +8,8 @@ Ctrl-C prints one sentence and exits with code 130.
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
 import typer
@@ -16,14 +18,76 @@ from typer.core import TyperGroup
 
 from ddpm_tools.cli.common import err_console
 from ddpm_tools.errors import DdpmToolsError
+from ddpm_tools.limits import check_seed
 
 INTERRUPTED = ("interrupted: every file written so far is complete (outputs are written "
                "atomically); rerun the same command to continue (training resumes from "
                "each member's last checkpoint)")
 
 
+# click's UsageError and ClickException, found through typer's public BadParameter (newer
+# typer vendors click, older typer re-exports it): BadParameter -> UsageError -> ClickException
+_USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
+_CLICK_EXCEPTION: type[Exception] = typer.BadParameter.__mro__[2]
+
+
+def usage_sentence(e: Any) -> str:
+    """A click/typer usage error (bad choice, not an integer, missing or unknown option) as
+    one sentence: option, value and what is accepted, then where to read more."""
+    msg = " ".join(str(e.format_message()).split()).rstrip(".")
+    msg = msg[:1].lower() + msg[1:]
+    ctx = getattr(e, "ctx", None)
+    path = ctx.command_path if ctx is not None else "ddpm-tools"
+    return f"{msg}; see {path} --help for the accepted options and values"
+
+
+def _check_seeds(cmd: Any) -> None:
+    """Every command's --seed must be in [0, MAX_SEED]: its callback checks it first."""
+    callback = getattr(cmd, "callback", None)
+    if callback is not None and not getattr(callback, "_seed_checked", False):
+        @functools.wraps(callback)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if isinstance(kwargs.get("seed"), int):
+                check_seed(kwargs["seed"])
+            return callback(*args, **kwargs)
+
+        checked._seed_checked = True  # type: ignore[attr-defined]
+        cmd.callback = checked
+    for sub in (getattr(cmd, "commands", None) or {}).values():
+        _check_seeds(sub)
+
+
 class _ErrorEdgeGroup(TyperGroup):
     """Catches the project's error family at the CLI edge."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _check_seeds(cmd)
+        return cmd
+
+    def main(self, *args: Any, standalone_mode: bool = True,  # type: ignore[override]
+             **kwargs: Any) -> Any:
+        """click's main, with a usage error printed as one sentence (exit 2)."""
+        kwargs["standalone_mode"] = False  # errors come back here instead of being printed
+        if not standalone_mode:
+            return super().main(*args, **kwargs)
+        try:
+            rv = super().main(*args, **kwargs)
+        except _USAGE_ERROR as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare command: its help
+                e.show()  # type: ignore[attr-defined]
+                sys.exit(0)
+            msg = escape(usage_sentence(e))
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except _CLICK_EXCEPTION as e:
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(getattr(e, "exit_code", 1))
+        except typer.Abort:
+            err_console.print("aborted", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:  # click's Context (vendored by newer typer)
         try:

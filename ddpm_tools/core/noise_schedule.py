@@ -20,6 +20,8 @@ SCHEDULE_NAMES: tuple[str, ...] = ("linear", "cosine", "explicit")
 
 COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal 2021, eq. (17)
 COSINE_MAX_BETA = 0.999  # clip of beta_t, Nichol & Dhariwal 2021, Sec. 3.2
+MAX_T = 100_000  # the largest number of diffusion steps accepted anywhere (--T, manifests,
+#   cost tables): 100x the usual T = 1000; a cost table at this T already holds 80 GB
 
 
 def linear_betas(T: int) -> np.ndarray:
@@ -58,6 +60,9 @@ def cosine_betas(T: int, max_beta: float = COSINE_MAX_BETA) -> np.ndarray:
 def _check_T(T: int) -> None:
     if int(T) != T or T < 2:
         raise BadInputError(f"T must be an integer >= 2 (got {T}); pass a larger --T")
+    if T > MAX_T:
+        raise BadInputError(f"T = {T} is above the limit of {MAX_T:,} diffusion steps; pass "
+                            f"--T {MAX_T} or less")
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +87,9 @@ class NoiseSchedule:
             raise BadInputError(
                 f"betas must be a 1-D array of length T+1 >= 3 (got shape {betas.shape})"
             )
+        if betas.shape[0] - 1 > MAX_T:
+            raise BadInputError(f"the schedule has T = {betas.shape[0] - 1} steps, above the "
+                                f"limit of {MAX_T:,}; use at most {MAX_T} steps")
         if betas[0] != 0.0:
             raise BadInputError("betas[0] must be 0: index t = 0 is the data, it has no beta")
         b = betas[1:]
@@ -150,5 +158,15 @@ def schedule_from_spec(spec: dict[str, object]) -> NoiseSchedule:
     betas = spec.get("betas")
     if not isinstance(betas, list):
         raise BadInputError("the schedule entry has no 'betas' list")
-    return NoiseSchedule(np.concatenate([[0.0], np.asarray(betas, np.float64)]),
-                         name=str(spec.get("name", "explicit")))
+    if not all(isinstance(b, float | int) and not isinstance(b, bool) for b in betas):
+        raise BadInputError("the schedule's 'betas' must all be numbers")
+    T = spec.get("T", len(betas))
+    if not isinstance(T, int) or isinstance(T, bool) or T != len(betas):
+        raise BadInputError(f"the schedule's T = {T!r} does not match its {len(betas)} betas; "
+                            "T must be the integer count of betas")
+    try:
+        arr = np.asarray(betas, np.float64)
+    except OverflowError:
+        raise BadInputError("the schedule's 'betas' hold a number too large for float64"
+                            ) from None
+    return NoiseSchedule(np.concatenate([[0.0], arr]), name=str(spec.get("name", "explicit")))

@@ -31,7 +31,7 @@ from ddpm_tools.costs.estimate import (
 from ddpm_tools.costs.table_file import CostTable, read_cost_table, write_cost_table
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.io.files import atomic_write_bytes, ensure_writable_dir
+from ddpm_tools.io.files import atomic_write_bytes, check_output_file
 from ddpm_tools.priors.store import load_priors, prior_fingerprint
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
@@ -135,7 +135,7 @@ def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLik
     """
     t0 = time.perf_counter()
     out = Path(out)
-    ensure_writable_dir(out.parent)
+    check_output_file(out, "cost table")  # before the work, not after it
     if tuple(data.shape) != cset.manifest.data.shape:
         raise BadInputError(f"data {data.name} has shape {data.shape}, the set at {cset.path} "
                             f"was trained on {cset.manifest.data.shape}")

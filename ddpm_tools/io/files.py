@@ -23,6 +23,10 @@ from ddpm_tools.errors import BadInputError
 
 def ensure_writable_dir(folder: Path) -> None:
     """Create ``folder`` (and parents) or raise one clear sentence if we cannot."""
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            raise BadInputError(f"cannot create output folder {folder}: {p} is a file; "
+                                "choose another path")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -33,11 +37,20 @@ def ensure_writable_dir(folder: Path) -> None:
         raise BadInputError(f"output folder {folder} is not writable; choose a writable path")
 
 
+def check_output_file(path: Path, what: str) -> None:
+    """Before any work: ``path`` can receive a file (it is no folder; its folder exists or
+    can be created and is writable), else one sentence naming it."""
+    if path.is_dir():
+        raise BadInputError(f"{what} {path} is a folder; pass a file path (e.g. "
+                            f"{path / ('out' + (path.suffix or '.file'))})")
+    ensure_writable_dir(path.parent)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success rename it over ``path``."""
     path = Path(path)
-    ensure_writable_dir(path.parent)
+    check_output_file(path, "output")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
@@ -89,13 +102,21 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
     """Read a JSON file, turning every failure into one clear sentence naming ``what``."""
+    if str(path) == "":
+        raise BadInputError(f"the {what} path is empty; pass the path of a {what} file")
     path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"{what} {path} is a folder, not a file; pass the path of a "
+                            f"{what} file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadInputError(f"{what} {path} does not exist; check the path") from None
     except OSError as e:
         raise BadInputError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{what} {path} is not UTF-8 text; regenerate it or fix the "
+                            "file") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -103,6 +124,9 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
             f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg}); "
             "regenerate it or fix the file"
         ) from None
+    except (ValueError, RecursionError):  # an integer of > 4300 digits, nesting too deep
+        raise BadInputError(f"{what} {path} holds a number too long or nesting too deep to "
+                            "read; regenerate it or fix the file") from None
 
 
 def cache_root() -> Path:

@@ -17,11 +17,14 @@ import numpy as np
 import torch
 
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.io.files import atomic_write_bytes, ensure_writable_dir
+from ddpm_tools.io.files import atomic_write_bytes, check_output_file
 from ddpm_tools.io.png import image_grid, write_png
+from ddpm_tools.limits import check_fits, check_seed
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sampling.ancestral import sample, to_levels
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
+
+SAMPLE_BYTES_PER_VALUE = 24  # held at once per value: x_T and x (float64), the output
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,14 @@ def draw_samples(cset: CheckpointSet, label: str, timesteps: np.ndarray, n: int,
     """Sample along ``timesteps`` and write the .npz (and PNG) atomically."""
     t0 = time.perf_counter()
     out = Path(out)
-    ensure_writable_dir(out.parent)
+    check_seed(seed)
+    if n < 1:
+        raise BadInputError(f"--n must be at least 1 (got {n})")
+    check_fits(n, cset.manifest.data.shape, SAMPLE_BYTES_PER_VALUE, f"sample --n {n}",
+               "draw fewer samples (several runs with different --seed add up)")
+    check_output_file(out, "samples file")
     if grid is not None:
-        ensure_writable_dir(Path(grid).parent)
+        check_output_file(Path(grid), "picture")
         if cset.manifest.data.levels is None:
             from ddpm_tools.io.plots import require_matplotlib
 

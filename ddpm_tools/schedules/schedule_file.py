@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ddpm_tools.core.noise_schedule import MAX_T
 from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError, DdpmToolsError
 from ddpm_tools.io.files import atomic_write_text, read_json
@@ -125,9 +126,9 @@ def read_schedule(path: str | os.PathLike[str]) -> Schedule:
         )
     tau = obj["timesteps"]
     if not isinstance(tau, list) or not all(
-        isinstance(t, int) and not isinstance(t, bool) for t in tau
+        isinstance(t, int) and not isinstance(t, bool) and abs(t) <= MAX_T for t in tau
     ):
-        raise BadInputError(f"{where}: timesteps must be a list of integers")
+        raise BadInputError(f"{where}: timesteps must be a list of integers in [0, {MAX_T}]")
     source = obj.get("source", {})
     if not isinstance(source, dict):
         raise BadInputError(f"{where}: source must be a JSON object")

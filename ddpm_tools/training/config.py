@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ddpm_tools.errors import BadInputError
+from ddpm_tools.limits import MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class TrainConfig:
             (self.checkpoint_every >= 1, "--checkpoint-every must be at least 1"),
             (self.vlb_weight >= 0, "the vlb weight must be non-negative"),
             (self.grad_clip >= 0, "the gradient clip must be non-negative"),
+            (0 <= self.seed <= MAX_SEED, f"--seed {self.seed} is out of range; pass an "
+                                         f"integer from 0 to {MAX_SEED} (2**63 - 1)"),
         ]
         for ok, msg in checks:
             if not ok:

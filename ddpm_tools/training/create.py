@@ -145,6 +145,9 @@ def create_set(out: str | os.PathLike[str], manifest: SetManifest) -> SetManifes
                 "--out or delete it"
             )
         return existing
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"--out {out} is a file; a checkpoint set is a folder, choose a "
+                            "new folder path")
     if out.exists() and any(out.iterdir()):
         raise BadInputError(f"{out} exists and is not empty; choose a new --out folder")
     ensure_writable_dir(out)

@@ -27,6 +27,7 @@ import torch
 
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError, CheckpointError
+from ddpm_tools.limits import derived_seed
 from ddpm_tools.models import MultiDecoderConfig, build_multidecoder
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.checkpoint_set import weights_damage
@@ -150,7 +151,7 @@ def _train_locked(set_dir: Path, man: SetManifest, configs: list[MultiDecoderCon
     dev = torch.device(device)
     x_all = train_tensor(man, cfg, data, dev)
 
-    seed = cfg.seed * SEED_STRIDE + JOINT_STREAM
+    seed = derived_seed(cfg.seed, SEED_STRIDE, JOINT_STREAM)
 
     def fresh() -> TrainState:
         with torch.random.fork_rng(devices=[]):  # initial weights from the joint run's seed

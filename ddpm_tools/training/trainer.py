@@ -33,6 +33,7 @@ from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.io.files import atomic_write_bytes, file_lock, sha256_file
+from ddpm_tools.limits import SEED_MODULUS, derived_seed
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.checkpoint_set import build_member, weights_damage
 from ddpm_tools.sets.manifest import (
@@ -48,7 +49,7 @@ from ddpm_tools.training.losses import diffusion_loss
 
 CKPT_FORMAT = "ddpm-tools/train-checkpoint"
 LOSS_WINDOW = 100  # steps averaged into the reported final loss
-SEED_STRIDE = 1_000_003  # member i's stream: seed * SEED_STRIDE + i
+SEED_STRIDE = 1_000_003  # member i's stream: (seed * SEED_STRIDE + i) mod 2**64
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,9 @@ def new_state(net: torch.nn.Module, cfg: TrainConfig, seed: int) -> TrainState:
     """A fresh state: EMA = the initial weights, Adam, generators seeded from ``seed``."""
     return TrainState(net=net, ema={k: v.detach().clone() for k, v in net.state_dict().items()},
                       opt=torch.optim.Adam(net.parameters(), lr=cfg.lr, foreach=True),
-                      gen=torch.Generator(device="cpu").manual_seed(seed),
-                      global_rng=torch.Generator().manual_seed(seed + 1).get_state(),
+                      gen=torch.Generator(device="cpu").manual_seed(seed % SEED_MODULUS),
+                      global_rng=torch.Generator().manual_seed((seed + 1) % SEED_MODULUS
+                                                               ).get_state(),
                       step=0, losses=[], seconds=0.0)
 
 
@@ -286,7 +288,7 @@ def _train_member_locked(set_dir: Path, man: SetManifest, index: int, cfg: Train
 def _fresh_state(man: SetManifest, index: int, cfg: TrainConfig, dev: torch.device
                  ) -> TrainState:
     """Member ``index``'s untrained state: initial weights from the member's own seed."""
-    member_seed = cfg.seed * SEED_STRIDE + index
+    member_seed = derived_seed(cfg.seed, SEED_STRIDE, index)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(member_seed)
         net = build_member(man, man.members[index]).to(dev)
