@@ -77,7 +77,8 @@ def _meta(cset: CheckpointSet, data: DataSplit, s: CostSettings, n: int) -> dict
     return {"format": PARTIAL_FORMAT, "T": str(cset.T), "dims": str(data.dims),
             "n_samples": str(n), "split": data.split, "seed": str(s.seed),
             "variance": cset.manifest.variance, "set_sha256": set_fingerprint(cset),
-            "data": data.name}
+            "data": data.name,
+            "decoder": "continuous" if cset.manifest.data.levels is None else "discrete"}
 
 
 def _write_partial(path: Path, cols: CostColumns, prior: np.ndarray, prior_se: np.ndarray,
@@ -108,7 +109,8 @@ def _table(cols: CostColumns, prior: np.ndarray, prior_se: np.ndarray,
     return CostTable(L=cols.L, prior=prior, T=int(meta["T"]), dims=int(meta["dims"]),
                      L_se=cols.L_se, prior_se=prior_se, n_samples=int(meta["n_samples"]),
                      split=meta["split"], seed=int(meta["seed"]), variance=meta["variance"],
-                     set_sha256=meta["set_sha256"], data=meta["data"])
+                     set_sha256=meta["set_sha256"], data=meta["data"],
+                     decoder=meta.get("decoder"))
 
 
 @dataclass(frozen=True)

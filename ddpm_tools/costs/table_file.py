@@ -10,7 +10,9 @@ Format (DESIGN.md, "Cost table"): one safetensors file holding
   errors of each entry;
 * metadata (all strings, as safetensors requires): ``T``, ``dims`` (D, for bits/dim),
   ``n_samples``, ``split``, ``seed``, ``variance``, ``set_sha256``, ``version`` (the file
-  format version, "1"), ``data``. Only ``T`` and ``dims`` are required when reading.
+  format version, "1"), ``data``, ``decoder`` ("discrete": row 0 is the negative
+  log-likelihood of discrete data, >= 0; "continuous": of a density, any sign). Only ``T``
+  and ``dims`` are required when reading.
 
 The negative ELBO of a schedule is prior[tau_K] + sum_i L[tau_{i-1}, tau_i] (Watson et
 al. 2021, Sec. 3); bits/dim = nats / (D ln 2).
@@ -33,7 +35,10 @@ from ddpm_tools.io.files import atomic_write_bytes
 
 COST_TABLE_VERSION = "1"  # format version written to and accepted from the metadata
 _INT_META = ("n_samples", "seed")
-_STR_META = ("split", "variance", "set_sha256", "data")
+_STR_META = ("split", "variance", "set_sha256", "data", "decoder")
+NEGATIVE_TOLERANCE = 1e-4  # nats: an entry that must be >= 0 may be this negative (rounding)
+_CONTINUOUS_DATA = ("8gaussians", "checkerboard", "moons", "swissroll", "pinwheel",
+                    "2spirals")  # the built-in 2-D sets (tables written before ``decoder``)
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,6 +58,7 @@ class CostTable:
     set_sha256: str | None = None  # sha256 of the checkpoint set's manifest
     version: str = COST_TABLE_VERSION  # file format version
     data: str | None = None  # data spec measured on, e.g. "digits"
+    decoder: str | None = None  # row 0's kind: "discrete" (>= 0), "continuous", None: unknown
 
     def __post_init__(self) -> None:
         if int(self.T) != self.T or self.T < 1 or int(self.dims) != self.dims or self.dims < 1:
@@ -140,7 +146,40 @@ def read_cost_table(path: str | os.PathLike[str]) -> CostTable:
     except DdpmToolsError as e:
         raise BadInputError(f"{where}: {e}") from None
     check_table(table.L, table.prior, where)
+    check_signs(table, where)
     return table
+
+
+def decoder_kind(table: CostTable) -> str | None:
+    """What row 0 of ``table`` holds: "discrete" or "continuous" (its ``decoder`` metadata,
+    else inferred from ``data`` for older tables); None when the table does not say."""
+    if table.decoder in ("discrete", "continuous"):
+        return table.decoder
+    if table.data in _CONTINUOUS_DATA:
+        return "continuous"
+    if table.data == "digits" or (table.data or "").startswith("folder:"):
+        return "discrete"
+    return None
+
+
+def check_signs(table: CostTable, where: str) -> None:
+    """Entries that cannot be negative are not: every KL term L[s, t] for 1 <= s < t
+    (Watson et al. 2021, eq. 4: a KL divergence is >= 0) and, for discrete data, the decoder
+    row L[0, t] (a probability is <= 1); the prior is a KL too (or, with an auxiliary
+    prior, a negative log-likelihood that may have either sign: not checked). A density's
+    decoder term (continuous data) may be negative."""
+    lowest = 0 if decoder_kind(table) == "discrete" else 1
+    worst: tuple[float, int, int] | None = None
+    for s in range(lowest, table.T):  # row by row: no [T+1, T+1] temporary
+        row = table.L[s, s + 1:]
+        t = int(np.argmin(row))
+        if row[t] < -NEGATIVE_TOLERANCE and (worst is None or row[t] < worst[0]):
+            worst = (float(row[t]), s, s + 1 + t)
+    if worst is not None:
+        value, s, t = worst
+        what = "a decoder negative log-likelihood of discrete data" if s == 0 else "a KL"
+        raise BadInputError(f"{where} has L[{s}, {t}] = {value:.6g} nats, negative, but "
+                            f"{what} is >= 0; the table is corrupt, rebuild it with cost-table")
 
 
 def _meta_int(meta: dict[str, str], key: str, where: str) -> int | None:

@@ -39,37 +39,42 @@ def retrain_member_command(set_dir: Path, index: int) -> str:
 
 def weights_damage(path: Path, expected_sha256: str | None) -> str | None:
     """Why the weights file at ``path`` cannot be used (missing, not a file, unreadable,
-    or a sha256 other than ``expected_sha256``); None when it is intact."""
+    a sha256 other than ``expected_sha256``, not safetensors, NaN or infinite values);
+    None when it is intact."""
+    return _read_weights(path, expected_sha256)[1]
+
+
+def _read_weights(path: Path, expected_sha256: str | None
+                  ) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(the weights, None) or ({}, why they cannot be used)."""
     if not path.exists():
-        return f"weights file {path} is missing"
+        return {}, f"weights file {path} is missing"
     if not path.is_file():
-        return f"weights path {path} is not a file"
+        return {}, f"weights path {path} is not a file"
     try:
         got = sha256_file(path)
     except OSError as e:
-        return f"weights file {path} is unreadable ({e.strerror})"
+        return {}, f"weights file {path} is unreadable ({e.strerror})"
     if expected_sha256 is not None and got != expected_sha256:
-        return (f"weights file {path} has sha256 {got[:12]}…, the manifest records "
-                f"{expected_sha256[:12]}… (the file was changed or corrupted)")
-    return None
+        return {}, (f"weights file {path} has sha256 {got[:12]}…, the manifest records "
+                    f"{expected_sha256[:12]}… (the file was changed or corrupted)")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        return {}, f"weights file {path} is corrupt or truncated ({e})"
+    for k, v in state.items():
+        if v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
+            return {}, f"weights file {path} holds NaN or infinite values (in {k})"
+    return state, None
 
 
 def load_member_weights(path: Path, expected_sha256: str | None, where: str,
                         retrain: str = RETRAIN_MEMBER) -> dict[str, torch.Tensor]:
     """Read a member's safetensors file after checking its sha256 against the manifest,
     and that every weight is finite; ``retrain`` ends the error messages (what to do)."""
-    damage = weights_damage(path, expected_sha256)
+    state, damage = _read_weights(path, expected_sha256)
     if damage is not None:
         raise CheckpointError(f"{where}: {damage}; {retrain}")
-    try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{where}: weights file {path} is corrupt or truncated ({e}); "
-                              f"{retrain}") from None
-    for k, v in state.items():
-        if v.dtype.is_floating_point and not bool(torch.isfinite(v).all()):
-            raise CheckpointError(f"{where}: weights file {path} holds NaN or infinite values "
-                                  f"(in {k}); {retrain}")
     return state
 
 

@@ -78,6 +78,7 @@ class Denoiser:
             rows = np.flatnonzero(owners == idx)
             r = torch.as_tensor(rows, device=self.device)
             y = self.member(int(idx))(x_dev[r], t_dev[r])
+            _check_finite(self.cset, int(idx), y, ta[rows])
             if out is None:
                 out = torch.empty((x_t.shape[0],) + tuple(y.shape[1:]), device=self.device,
                                   dtype=y.dtype)
@@ -98,3 +99,18 @@ class Denoiser:
         if r is not None:
             x0_hat = x0_hat.clamp(-r, r)
         return DenoiserOutput(x0_hat=x0_hat, v=v)
+
+
+def _check_finite(cset: CheckpointSet, index: int, y: torch.Tensor, t: np.ndarray) -> None:
+    """Refuse non-finite network outputs ``y`` ``[b, ...]`` of member ``index`` at times
+    ``t`` ``[b]``: NaN samples or a NaN bits/dim would otherwise come out silently."""
+    finite = torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    first = int(t[int(torch.nonzero(~finite)[0, 0])])
+    member = cset.manifest.members[index]
+    raise CheckpointError(f"{cset.member_where(member)} returned NaN or infinite values at "
+                          f"t = {first}; its weights are broken: delete {member.weights} and "
+                          f"ckpt/member_{index:04d}.ckpt.safetensors in {cset.path}, then "
+                          f"retrain it with ddpm-tools train-interval --set {cset.path} "
+                          f"--member {index}")
