@@ -9,7 +9,9 @@ Ctrl-C prints one sentence and exits with code 130.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from typing import Any
 
 import typer
@@ -23,6 +25,22 @@ from ddpm_tools.limits import check_seed
 INTERRUPTED = ("interrupted: every file written so far is complete (outputs are written "
                "atomically); rerun the same command to continue (training resumes from "
                "each member's last checkpoint)")
+# what an interrupted command keeps, and how to continue, where it differs from INTERRUPTED
+INTERRUPTED_BY_COMMAND = {
+    "cost-table": ("interrupted: the columns computed so far are saved in the table's "
+                   ".partial file next to --out; rerun the same command with --resume to "
+                   "compute only the missing ones"),
+}
+TERMINATED_EXIT = 143  # 128 + SIGTERM, as a shell reports a terminated process
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, ``kill PID``), handled like Ctrl-C: every worker
+    is stopped and one sentence printed."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 # click's UsageError and ClickException, found through typer's public BadParameter (newer
@@ -90,15 +108,26 @@ class _ErrorEdgeGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:  # click's Context (vendored by newer typer)
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
+        except Terminated:
+            what = INTERRUPTED_BY_COMMAND.get(str(ctx.invoked_subcommand), INTERRUPTED)
+            err_console.print("terminated (SIGTERM)" + what.removeprefix("interrupted"),
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(TERMINATED_EXIT) from None
         except DdpmToolsError as e:
             msg = escape(str(e).rstrip())  # messages may hold [brackets]: not rich markup
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+            what = INTERRUPTED_BY_COMMAND.get(str(ctx.invoked_subcommand), INTERRUPTED)
+            err_console.print(what, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 app = typer.Typer(

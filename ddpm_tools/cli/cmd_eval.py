@@ -120,8 +120,8 @@ def sample_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 64,
     grid: Annotated[Path | None, typer.Option(help="Also write a PNG: an image grid, or a "
                                                    "scatter plot for 2-D data.")] = None,
-    eta: Annotated[float, typer.Option(min=0.0, max=1.0, help="1 = ancestral (the model the "
-                                                              "DP scores), 0 = DDIM.")] = 1.0,
+    eta: Annotated[float, typer.Option(help="In [0, 1]: 1 = ancestral (the model the DP "
+                                            "scores), 0 = DDIM.")] = 1.0,
     data: Annotated[str | None, typer.Option(
         help="Data behind dp:K's train-split table (default: the data the set was trained "
              "on; needed for diffusers folders).")] = None,

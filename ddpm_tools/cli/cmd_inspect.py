@@ -24,7 +24,7 @@ def inspect_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Show what a set, cost table or schedule holds; validate every member of a set."""
-    if path.is_dir():
+    if path.is_dir() or str(path).startswith("diffusers:"):  # a diffusers folder too
         rep = inspect_set(path)
         print_json(rep.to_json()) if json_out else _print_set(rep)
     elif path.suffix == ".safetensors":

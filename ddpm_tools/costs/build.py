@@ -160,8 +160,12 @@ def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLik
             _write_partial(partial, c, prior, prior_se, meta)
             last[0] = time.perf_counter()
 
-    compute_columns(cset, x0.to(torch.device(device)), settings, times, cols, device=device,
-                    progress=progress, checkpoint=checkpoint)
+    try:
+        compute_columns(cset, x0.to(torch.device(device)), settings, times, cols,
+                        device=device, progress=progress, checkpoint=checkpoint)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every column computed so far
+        _write_partial(partial, cols, prior, prior_se, meta)
+        raise
     done = int(cols.done[times].sum())
     if shard is not None:
         _write_partial(partial, cols, prior, prior_se, meta)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,7 +264,9 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file as load_torch
 
             return load_torch(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice (weights_only=False) is unsafe
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(
             f"Inception weights {path} are unreadable as safetensors or a weights-only "

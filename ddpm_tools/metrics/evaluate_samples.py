@@ -84,6 +84,9 @@ class SampleReport:
 
 def read_samples(path: Path) -> tuple[np.ndarray, int | None, str | None]:
     """The samples file: (``samples`` array, ``levels`` or None, ``data`` or None)."""
+    if path.is_dir():
+        raise BadInputError(f"samples file {path} is a folder; pass the .npz file that "
+                            "ddpm-tools sample wrote (--samples FILE.npz)")
     if not path.is_file():
         raise BadInputError(f"samples file {path} does not exist; check --samples")
     fix = "write it with `ddpm-tools sample` or numpy.savez(path, samples=...)"

@@ -73,6 +73,9 @@ def draw_samples(cset: CheckpointSet, label: str, timesteps: np.ndarray, n: int,
     t0 = time.perf_counter()
     out = Path(out)
     check_seed(seed)
+    if not 0.0 <= eta <= 1.0:  # also refuses nan
+        raise BadInputError(f"--eta must be a number in [0, 1] (1 = ancestral, 0 = DDIM); "
+                            f"got {eta}")
     if n < 1:
         raise BadInputError(f"--n must be at least 1 (got {n})")
     check_fits(n, cset.manifest.data.shape, SAMPLE_BYTES_PER_VALUE, f"sample --n {n}",

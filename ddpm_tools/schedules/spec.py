@@ -66,6 +66,9 @@ def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
                      progress: ProgressFn | None = None) -> tuple[str, np.ndarray]:
     """(label, timesteps [K+1]) for one ``--schedule`` value."""
     spec = spec.strip()
+    if not spec:
+        raise BadInputError("--schedule is empty; pass a schedule file or one of dp:K, "
+                            "dp-truncated:K, even:K, quadratic:K, full")
     if spec == "full":
         return "full", np.arange(T + 1, dtype=np.int64)
     m = re.fullmatch(r"(dp|dp-truncated|even|quadratic):(\d+)", spec)
@@ -81,6 +84,9 @@ def resolve_schedule(spec: str, set_dir: str | Path, T: int, costs: CostSource,
         prior = table.prior if kind == "dp-truncated" else standard_prior(table.prior)
         return spec, solve_schedules(table.L, prior, [K])[0].timesteps
     path = Path(spec)
+    if path.is_dir():
+        raise BadInputError(f"--schedule {spec!r} is a folder; pass a schedule .json file or "
+                            "one of dp:K, dp-truncated:K, even:K, quadratic:K, full")
     if not path.exists():
         raise BadInputError(f"--schedule {spec!r} is neither a file nor one of dp:K, "
                             "dp-truncated:K, even:K, quadratic:K, full")

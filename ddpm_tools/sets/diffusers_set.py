@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,9 +152,15 @@ def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path), device="cpu")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError,
-            ValueError) as e:
+        with warnings.catch_warnings():  # torch's advice (weights_only=False) is unsafe
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{where}: weights file {path} holds pickled Python objects, not only tensors; "
+            "ddpm-tools never unpickles objects: re-save the UNet with safetensors"
+        ) from None
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{where}: weights file {path} cannot be read as tensors only ({first}); "

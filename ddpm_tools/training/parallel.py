@@ -26,6 +26,7 @@ from ddpm_tools.data import load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.manifest import read_manifest
+from ddpm_tools.training import lifeline
 from ddpm_tools.training.config import TrainConfig
 from ddpm_tools.training.joint import train_multidecoder, trains_jointly
 from ddpm_tools.training.trainer import MemberResult, train_member
@@ -36,13 +37,16 @@ from ddpm_tools.training.trainer import MemberResult, train_member
 # "__main__" too: the server then imports the parent's main script (a script's code
 # under its __main__ guard does not run) and the workers inherit it instead of each
 # running it again.
-_PRELOAD = ["__main__", "ddpm_tools.training.trainer", "ddpm_tools.data", "torch._dynamo"]
+# ddpm_tools.training.lifeline comes first: it makes the fork server die with the command.
+_PRELOAD = ["ddpm_tools.training.lifeline", "__main__", "ddpm_tools.training.trainer",
+            "ddpm_tools.data", "torch._dynamo"]
 
 BARRIER_TIMEOUT = timedelta(days=7)  # torchrun: how long a rank may wait for the others
 
 _events: Any = None  # in a worker: the queue that carries progress back to the parent
 _ordinal = 0  # in a worker: its number among the run's workers (0, 1, ...)
 _stop: Any = None  # in a worker: set by the parent when the run must end early
+_parent = 0  # in a worker: the pid of its parent (the fork server, or the command)
 
 
 class _Stopped(Exception):
@@ -60,11 +64,13 @@ def _worker_context() -> Any:
     return mp.get_context("spawn")
 
 
-def _worker_init(threads: int, events: Any, tickets: Any, stop: Any) -> None:
-    global _events, _ordinal, _stop
+def _worker_init(threads: int, events: Any, tickets: Any, stop: Any, command: int) -> None:
+    global _events, _ordinal, _stop, _parent
     # Ctrl-C reaches every process of the terminal's group; the parent alone handles it
     # and stops the workers through ``stop``, so that none is left training
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _parent = lifeline.server_pid or command  # forked from the fork server, or spawned
+    lifeline.die_with_parent(_parent)  # and if the command is killed: see lifeline
     torch.set_num_threads(threads)
     _events, _stop = events, stop
     with tickets.get_lock():
@@ -81,6 +87,8 @@ def worker_device(device: str, ordinal: int, gpus: int) -> str:
 
 
 def _worker_progress(task: str, done: int, total: int, **info: float) -> None:
+    if not lifeline.parent_alive(_parent):  # the command is gone: stop, keep no lock
+        os._exit(1)
     if _stop.is_set():  # checked every 10 steps: the run ends at most 10 steps later
         raise _Stopped(task)
     _events.put((task, done, total, info))
@@ -135,6 +143,7 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
         return [train_member(set_dir, i, steps=steps, device=device, progress=progress,
                              data=data) for i in todo]
     threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ[lifeline.PARENT_ENV] = str(os.getpid())  # read by the fork server
     ctx = _worker_context()
     events = ctx.Queue()  # handed to each worker at its start (initargs)
     tickets = ctx.Value("i", 0)  # numbers the workers, to spread them over GPUs
@@ -144,7 +153,8 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
     pump.start()
     pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
                                initializer=_worker_init,
-                               initargs=(threads, events, tickets, stop_workers))
+                               initargs=(threads, events, tickets, stop_workers,
+                                         os.getpid()))
     try:
         futures = [pool.submit(_worker_train, str(set_dir), i, steps, device) for i in todo]
         for f in as_completed(futures):  # the first failure ends the wait at once
