@@ -31,7 +31,7 @@ from ddpm_tools.costs.estimate import (
 from ddpm_tools.costs.table_file import CostTable, read_cost_table, write_cost_table
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.io.files import atomic_write_bytes, check_output_file
+from ddpm_tools.io.files import atomic_write_safetensors, check_output_file
 from ddpm_tools.priors.store import load_priors, prior_fingerprint
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
@@ -85,7 +85,7 @@ def _write_partial(path: Path, cols: CostColumns, prior: np.ndarray, prior_se: n
                    meta: dict[str, str]) -> None:
     arrays = {"L": cols.L, "L_se": cols.L_se, "done": cols.done.astype(np.uint8),
               "prior": prior, "prior_se": prior_se}
-    atomic_write_bytes(path, save(arrays, metadata={"ddpm_tools": json.dumps(meta)}))
+    atomic_write_safetensors(path, save(arrays, metadata={"ddpm_tools": json.dumps(meta)}))
 
 
 def _read_partial(path: Path) -> tuple[CostColumns, np.ndarray, np.ndarray, dict[str, str]]:

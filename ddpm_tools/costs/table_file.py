@@ -31,7 +31,7 @@ from safetensors.numpy import save
 from ddpm_tools.core.dp import check_table, path_cost
 from ddpm_tools.core.gaussian import nats_to_bpd
 from ddpm_tools.errors import BadInputError, DdpmToolsError
-from ddpm_tools.io.files import atomic_write_bytes
+from ddpm_tools.io.files import atomic_write_safetensors
 
 COST_TABLE_VERSION = "1"  # format version written to and accepted from the metadata
 _INT_META = ("n_samples", "seed")
@@ -92,7 +92,7 @@ def write_cost_table(path: str | os.PathLike[str], table: CostTable) -> None:
         value = getattr(table, key)
         if value is not None:
             meta[key] = str(value)
-    atomic_write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+    atomic_write_safetensors(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                                   metadata=meta))
 
 

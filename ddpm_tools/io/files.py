@@ -90,6 +90,29 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its header's ``__metadata__`` keys sorted.
+
+    safetensors writes the metadata entries in an arbitrary order (a hash map), so two
+    identical runs would give files with different bytes and sha256; sorting them makes
+    equal inputs give byte-identical files. The header is JSON after an 8-byte
+    little-endian length, padded with spaces to a multiple of 8 bytes.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def atomic_write_safetensors(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write the bytes of a safetensors file (``safetensors.*.save``) to ``path``
+    atomically, with its metadata in a fixed order (:func:`canonical_safetensors`)."""
+    atomic_write_bytes(path, canonical_safetensors(data))
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ddpm_tools.errors import BadInputError, CheckpointError, MissingExtraError
-from ddpm_tools.io.files import atomic_write_bytes, sha256_file
+from ddpm_tools.io.files import atomic_write_safetensors, sha256_file
 from ddpm_tools.progress import ProgressFn, report
 
 CLASSIFIER_VERSION = "1"  # format/architecture version written to the weights' metadata
@@ -191,7 +191,7 @@ def save_digits_classifier(model: DigitsCNN, path: str | Path, test_accuracy: fl
         "n_features": str(N_FEATURES),
         "trained_on": "digits train split (1437 images); accuracy on the test split (360)",
     }
-    atomic_write_bytes(path, save(state, metadata=meta))
+    atomic_write_safetensors(path, save(state, metadata=meta))
     return sha256_file(path)
 
 

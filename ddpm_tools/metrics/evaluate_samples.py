@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save
 
 from ddpm_tools.data import DATA_NAMES, DataSplit, has_true_density, load_data, true_log_density
 from ddpm_tools.errors import BadInputError, DdpmToolsError
-from ddpm_tools.io.files import atomic_write_bytes, cache_root, sha256_bytes, sha256_file
+from ddpm_tools.io.files import atomic_write_safetensors, cache_root, sha256_bytes, sha256_file
 from ddpm_tools.metrics import distances, two_sample
 from ddpm_tools.metrics.classifier import (
     digits_features,
@@ -188,7 +188,7 @@ def _cached(data: DataSplit, stats_id: str, names: tuple[str, ...],
     arrays = compute()
     tensors = {**arrays, "key": np.frombuffer(key.encode(), dtype=np.uint8)}
     try:
-        atomic_write_bytes(path, save(tensors, metadata={"source": key_src}))
+        atomic_write_safetensors(path, save(tensors, metadata={"source": key_src}))
     except (DdpmToolsError, OSError):
         return arrays, None  # caching is an optimization: a read-only home still gets numbers
     return arrays, str(path)

@@ -29,7 +29,13 @@ from safetensors.torch import load_file, save
 
 from ddpm_tools.core.noise_schedule import NoiseSchedule
 from ddpm_tools.errors import CheckpointError
-from ddpm_tools.io.files import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from ddpm_tools.io.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    canonical_safetensors,
+    read_json,
+    sha256_file,
+)
 from ddpm_tools.priors.model import KINDS, AuxPrior, PriorInfo, build_density, config_from_json
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
 from ddpm_tools.sets.manifest import MANIFEST_NAME, manifest_lock
@@ -120,7 +126,7 @@ def save_prior(cset: CheckpointSet, prior: AuxPrior) -> Path:
                               f"{cset.path} (data shape {cset.manifest.data.shape})")
     folder = priors_dir(cset)
     state = {k: v.detach().contiguous() for k, v in prior.density.state_dict().items()}
-    blob = save(state, metadata={"kind": prior.kind, "t": str(prior.t)})
+    blob = canonical_safetensors(save(state, metadata={"kind": prior.kind, "t": str(prior.t)}))
     sha = hashlib.sha256(blob).hexdigest()
     path = folder / f"prior_t{prior.t}_{sha[:12]}.safetensors"
     atomic_write_bytes(path, blob)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sampling.ancestral import sample, to_levels
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
 
+NPZ_TIME = (1980, 1, 1, 0, 0, 0)  # the time stamp of every entry of a samples file
 SAMPLE_BYTES_PER_VALUE = 24  # held at once per value: x_T and x (float64), the output
 
 
@@ -44,7 +46,12 @@ def write_samples_npz(path: str | os.PathLike[str], samples: np.ndarray, levels:
                       data: str) -> None:
     """The samples file format of this module's docstring, written atomically."""
     buf = io.BytesIO()
-    np.savez(buf, samples=samples, levels=np.int64(levels or 0), data=np.array(data))
+    arrays = {"samples": samples, "levels": np.int64(levels or 0), "data": np.array(data)}
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:  # numpy.savez's layout, but
+        for name, a in arrays.items():  # a fixed time stamp: same samples, same bytes
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=NPZ_TIME)
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(a), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 

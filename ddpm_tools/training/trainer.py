@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save
 from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.io.files import atomic_write_bytes, file_lock, sha256_file
+from ddpm_tools.io.files import atomic_write_safetensors, file_lock, sha256_file
 from ddpm_tools.limits import SEED_MODULUS, derived_seed
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.checkpoint_set import build_member, weights_damage
@@ -110,7 +110,7 @@ def save_checkpoint(path: Path, st: TrainState, index: int | str) -> None:
     tensors["rng/global"] = st.global_rng.clone()
     meta = {"format": CKPT_FORMAT, "member": str(index), "step": str(st.step),
             "seconds": repr(st.seconds), "losses": json.dumps(st.losses)}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    atomic_write_safetensors(path, save(tensors, metadata=meta))
 
 
 def load_checkpoint(path: Path, st: TrainState, index: int | str) -> None:
@@ -373,7 +373,7 @@ def write_weights(path: Path, weights: dict[str, torch.Tensor], info: dict[str, 
     ``info`` is stored as ONE JSON metadata entry: safetensors orders several entries
     arbitrarily, which would make the file's sha256 differ between identical runs.
     """
-    atomic_write_bytes(path, save(weights, metadata={"ddpm_tools": json.dumps(info)}))
+    atomic_write_safetensors(path, save(weights, metadata={"ddpm_tools": json.dumps(info)}))
     return sha256_file(path)
 
 
