@@ -29,15 +29,43 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
+def _private_folder(folder: Path) -> bool:
+    """``folder`` exists, belongs to this user and no one else may write in it (group and
+    others have no write permission)."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return False
+    owner_ok = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    return owner_ok and not st.st_mode & 0o022
+
+
 def _set_numba_cache_dir() -> None:
-    """Point numba's on-disk cache at a user folder when the package folder is read-only."""
-    if os.environ.get("NUMBA_CACHE_DIR") or os.access(Path(__file__).parent, os.W_OK):
+    """Where numba keeps its disk cache. The cache holds pickles that numba loads, so
+    only this user may be able to write there: ``NUMBA_CACHE_DIR`` when the user set it;
+    else numba's default, ``__pycache__`` in the package folder, when that folder is this
+    user's alone; else the per-user folder ``$XDG_CACHE_HOME`` (or ``~/.cache``)
+    ``/ddpm-tools/numba``, created with mode 0700 (and set to 0700 if it exists); failing
+    that, a fresh temporary folder of mode 0700."""
+    package = Path(__file__).parent
+    if os.environ.get("NUMBA_CACHE_DIR") or (os.access(package, os.W_OK)
+                                             and _private_folder(package)):
         return
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    os.environ["NUMBA_CACHE_DIR"] = str(Path(base) / "ddpm-tools" / "numba")
+    folder = Path(base) / "ddpm-tools" / "numba"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if hasattr(os, "getuid") and folder.stat().st_uid == os.getuid():
+            folder.chmod(0o700)
+    except OSError:
+        pass
+    if not _private_folder(folder):  # not ours alone: a fresh 0700 folder for this process
+        folder = Path(tempfile.mkdtemp(prefix="ddpm-tools-numba-"))
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)
     if "numba" in sys.modules:  # imported earlier by someone else: set the live config too
         sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
