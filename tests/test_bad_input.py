@@ -1,7 +1,7 @@
 """Bad input never ends in a traceback, a hang or a half-done run: one sentence, exit 2.
 
 Output paths are checked before the work, sizes against the documented limits
-(``ddpm_tools.limits``), option-parser rejections are one sentence too."""
+(``ddpm_tools.core.limits``), option-parser rejections are one sentence too."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 from ddpm_tools.cli.main import app
 
 runner = CliRunner()
-MAX_SEED = 2**63 - 1  # ddpm_tools.limits (literal here so that each test fails on its own)
+MAX_SEED = 2**63 - 1  # ddpm_tools.core.limits (literal here so that each test fails on its own)
 MAX_T = 100_000
 
 
 def test_the_limits_are_those_documented():
     from pathlib import Path
 
-    from ddpm_tools import limits
+    from ddpm_tools.core import limits
 
     assert (limits.MAX_SEED, limits.MAX_T) == (MAX_SEED, MAX_T)
     readme = (Path(__file__).parents[1] / "README.md").read_text()

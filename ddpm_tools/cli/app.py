@@ -19,8 +19,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from ddpm_tools.cli.common import err_console
+from ddpm_tools.core.limits import check_seed
 from ddpm_tools.errors import DdpmToolsError
-from ddpm_tools.limits import check_seed
 
 INTERRUPTED = ("interrupted: every file written so far is complete (outputs are written "
                "atomically); rerun the same command to continue (training resumes from "

@@ -8,6 +8,7 @@ level indices k in 0..levels-1, ``[N, C, H, W]``; 2-D data: float32 ``[N, D]``),
 from __future__ import annotations
 
 import io
+import math
 import os
 import time
 import zipfile
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm_tools.core.limits import check_seed
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.io.files import atomic_write_bytes, check_output_file
 from ddpm_tools.io.png import image_grid, write_png
-from ddpm_tools.limits import check_fits, check_seed
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sampling.ancestral import sample, to_levels
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
@@ -40,6 +41,25 @@ class SampleRun:
     n: int  # samples
     eta: float  # 1 ancestral, 0 DDIM
     seconds: float  # wall-clock time
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(n: int, shape: tuple[int, ...], bytes_per_value: int, what: str,
+               fix: str) -> None:
+    """Refuse ``n`` examples of ``shape`` (``bytes_per_value`` bytes each value, all held at
+    once) when they need more than this machine's physical memory."""
+    need = n * math.prod(shape) * bytes_per_value
+    mem = physical_memory()
+    if mem is not None and need > mem:
+        raise BadInputError(f"{what} would need {need / 1e9:,.1f} GB of memory, more than this "
+                            f"machine's {mem / 1e9:,.1f} GB; {fix}")
 
 
 def write_samples_npz(path: str | os.PathLike[str], samples: np.ndarray, levels: int | None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ddpm_tools.core.limits import MAX_SEED
 from ddpm_tools.errors import BadInputError
-from ddpm_tools.limits import MAX_SEED
 
 
 @dataclass(frozen=True)

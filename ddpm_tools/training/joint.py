@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddpm_tools.core.limits import derived_seed
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.limits import derived_seed
 from ddpm_tools.models import MultiDecoderConfig, build_multidecoder
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.checkpoint_set import weights_damage

@@ -30,10 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ddpm_tools.core.diffusion import q_sample
+from ddpm_tools.core.limits import SEED_MODULUS, derived_seed
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.io.files import atomic_write_safetensors, file_lock, sha256_file
-from ddpm_tools.limits import SEED_MODULUS, derived_seed
 from ddpm_tools.progress import ProgressFn, report
 from ddpm_tools.sets.checkpoint_set import build_member, weights_damage
 from ddpm_tools.sets.manifest import (

@@ -6,13 +6,11 @@ with no output, so they are refused at once with one sentence:
 - ``MAX_T`` (100,000): diffusion steps of a set, a schedule or a cost table; ``--intervals``
   is at most T, hence at most ``MAX_T`` too.
 - ``MAX_SEED`` (2**63 - 1): every ``--seed`` is an integer in [0, MAX_SEED].
-- samples of one ``sample`` run must fit in this machine's memory (:func:`check_fits`).
+- samples of one ``sample`` run must fit in this machine's memory
+  (:func:`ddpm_tools.sampling.sample_file.check_fits`).
 """
 
 from __future__ import annotations
-
-import math
-import os
 
 from ddpm_tools.core.noise_schedule import MAX_T
 from ddpm_tools.errors import BadInputError
@@ -20,7 +18,7 @@ from ddpm_tools.errors import BadInputError
 MAX_SEED = 2**63 - 1  # the largest --seed: every generator (torch, numpy) takes it
 SEED_MODULUS = 2**64  # derived seeds (seed * stride + stream) are reduced modulo this
 
-__all__ = ["MAX_SEED", "MAX_T", "SEED_MODULUS", "check_fits", "check_seed", "derived_seed"]
+__all__ = ["MAX_SEED", "MAX_T", "SEED_MODULUS", "check_seed", "derived_seed"]
 
 
 def check_seed(seed: int, option: str = "--seed") -> int:
@@ -35,22 +33,3 @@ def derived_seed(seed: int, stride: int, stream: int) -> int:
     """``(seed * stride + stream) mod 2**64``: a per-stream seed every generator accepts
     (unchanged for the seeds below 2**64 / stride that fit without reduction)."""
     return (seed * stride + stream) % SEED_MODULUS
-
-
-def physical_memory() -> int | None:
-    """Bytes of physical memory of this machine (None where the OS does not say)."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_fits(n: int, shape: tuple[int, ...], bytes_per_value: int, what: str,
-               fix: str) -> None:
-    """Refuse ``n`` examples of ``shape`` (``bytes_per_value`` bytes each value, all held at
-    once) when they need more than this machine's physical memory."""
-    need = n * math.prod(shape) * bytes_per_value
-    mem = physical_memory()
-    if mem is not None and need > mem:
-        raise BadInputError(f"{what} would need {need / 1e9:,.1f} GB of memory, more than this "
-                            f"machine's {mem / 1e9:,.1f} GB; {fix}")
