@@ -82,3 +82,18 @@ def test_a_folder_in_place_of_weights_is_one_sentence(tmp_path):
     for args in (["inspect", str(p)], ["train-interval", "--set", str(p), "--member", "1"]):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 2 and "not a file" in res.output, res.output
+
+
+def test_a_multidecoder_set_is_repaired_by_its_joint_training(tmp_path):
+    from test_multidecoder import _new_set
+
+    from ddpm_tools.training.joint import train_multidecoder
+
+    p = _new_set(tmp_path / "m", steps=4, every=2)
+    train_multidecoder(p)
+    before = {f.name: f.read_bytes() for f in p.glob("*.safetensors")}
+    (p / "shared_encoder.safetensors").unlink()
+    res = CliRunner().invoke(app, ["inspect", str(p)])
+    assert res.exit_code == 2 and "ddpm-tools train" in res.output, res.output
+    assert not any(r.skipped for r in train_multidecoder(p))  # rebuilt from its checkpoint
+    assert {f.name: f.read_bytes() for f in p.glob("*.safetensors")} == before

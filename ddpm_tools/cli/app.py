@@ -2,8 +2,10 @@
 
 Every command module registers itself on :data:`app`. A :class:`DdpmToolsError`
 raised anywhere below a command is printed as one sentence on stderr and the
-process exits with code 2 (no traceback); click's own usage errors also exit 2.
-Ctrl-C prints one sentence and exits with code 130.
+process exits with code 2 (no traceback); click's own usage errors (unknown, missing or
+malformed options) are one sentence too, exit 2. Every ``--seed`` is checked against
+:data:`ddpm_tools.core.limits.MAX_SEED`. Ctrl-C prints one sentence and exits with code
+130; SIGTERM is handled the same way (every worker stopped) and exits with code 143.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ from ddpm_tools.models import (
 from ddpm_tools.sets.manifest import ExternalArch, Member, SetManifest
 
 RETRAIN_MEMBER = "retrain the member with ddpm-tools train-interval"
-RETRAIN_JOINT = "retrain the set with ddpm-tools train (multidecoder sets train jointly)"
+RETRAIN_JOINT = ("repair it by rerunning the ddpm-tools train command that made the set "
+                 "(same --out and settings; the members of a multidecoder set train jointly)")
 
 
 def retrain_member_command(set_dir: Path, index: int) -> str:

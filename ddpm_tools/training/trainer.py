@@ -220,14 +220,16 @@ def train_member(
     target = steps if steps is not None else cfg.steps
     if target < 1:
         raise BadInputError("--steps must be at least 1")
-    if _trained(member, target) and _damage(set_dir, member) is None:
+    weights = set_dir / member.weights
+    if _trained(member, target) and weights_damage(weights, member.sha256) is None:
         return _skipped(member)
     ckpt = checkpoint_path(set_dir, index)
     with training_lock(ckpt, f"member {index} of {set_dir}", [set_dir / member.weights]):
         man = read_manifest(set_dir)  # another run may just have ended
         member = man.members[index]
-        damage = _damage(set_dir, member) if _trained(member, target) else None
-        if _trained(member, target) and damage is None:
+        trained = _trained(member, target)
+        damage = weights_damage(weights, member.sha256) if trained else None
+        if trained and damage is None:
             return _skipped(member)
         return _train_member_locked(set_dir, man, index, cfg, target, ckpt, device,
                                     progress, data, stop_after, damage)
@@ -235,11 +237,6 @@ def train_member(
 
 def _trained(member: Member, target: int) -> bool:
     return member.sha256 is not None and member.state.steps_done >= target
-
-
-def _damage(set_dir: Path, member: Member) -> str | None:
-    """Why a trained member's recorded weights are unusable (None: they are intact)."""
-    return weights_damage(set_dir / member.weights, member.sha256)
 
 
 def _skipped(member: Member) -> MemberResult:
