@@ -67,6 +67,7 @@ def test_sigkill_of_the_parent_leaves_no_process(tmp_path):
         pytest.fail(f"processes {left} of the killed run are still alive after 5 s")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_is_one_sentence_exit_143_and_stops_every_worker(tmp_path):
     proc = _start(tmp_path / "set")
