@@ -108,10 +108,11 @@ def test_T_and_intervals_have_an_upper_bound(tmp_path):
 
 
 @pytest.mark.parametrize("args,words", [
-    (["train", "--data", "moons", "--out", "x", "--steps", "abc"], ["'--steps'", "integer"]),
+    (["train", "--data", "moons", "--out", "x", "--steps", "abc"],
+     ["'--steps'", "integer", "'abc'"]),
     (["train", "--out", "x"], ["'--data'", "missing"]),
     (["sample", "--bogus", "1"], ["--bogus"]),
-    (["train", "--data", "moons", "--out", "x", "--intervals", "0"], ["'--intervals'"]),
+    (["train", "--data", "moons", "--out", "x", "--intervals", "0"], ["'--intervals'", "'0'"]),
     (["eval-bpd", "--json", "--set"], ["--set"]),
 ])
 def test_option_parser_rejections_are_one_sentence(args, words):

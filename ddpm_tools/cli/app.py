@@ -51,11 +51,27 @@ _USAGE_ERROR: type[Exception] = typer.BadParameter.__mro__[1]
 _CLICK_EXCEPTION: type[Exception] = typer.BadParameter.__mro__[2]
 
 
-def usage_sentence(e: Any) -> str:
+def _given(argv: list[str], opts: list[str]) -> str | None:
+    """The value given on the command line ``argv`` to the option named ``opts``."""
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1:]
+    return None
+
+
+def usage_sentence(e: Any, argv: list[str] | None = None) -> str:
     """A click/typer usage error (bad choice, not an integer, missing or unknown option) as
-    one sentence: option, value and what is accepted, then where to read more."""
+    one sentence: option, value (found in ``argv``) and what is accepted, then where to
+    read more."""
     msg = " ".join(str(e.format_message()).split()).rstrip(".")
     msg = msg[:1].lower() + msg[1:]
+    opts = list(getattr(getattr(e, "param", None), "opts", None) or [])
+    value = _given(argv or [], opts) if opts else None
+    if value is not None:
+        msg += f" (got {value!r})"
     ctx = getattr(e, "ctx", None)
     path = ctx.command_path if ctx is not None else "ddpm-tools"
     return f"{msg}; see {path} --help for the accepted options and values"
@@ -98,7 +114,8 @@ class _ErrorEdgeGroup(TyperGroup):
             if type(e).__name__ == "NoArgsIsHelpError":  # bare command: its help
                 e.show()  # type: ignore[attr-defined]
                 sys.exit(0)
-            msg = escape(usage_sentence(e))
+            argv = kwargs.get("args") or (args[0] if args else None) or sys.argv[1:]
+            msg = escape(usage_sentence(e, [str(a) for a in argv]))
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except _CLICK_EXCEPTION as e:
