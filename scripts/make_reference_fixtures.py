@@ -51,7 +51,7 @@ CONFIGS: dict[str, tuple[str, str, dict | None, list[int] | None]] = {
         "--image_size 32 --num_channels 32 --num_res_blocks 1 --num_heads 2 "
         "--attention_resolutions 8 --learn_sigma True --diffusion_steps 40 "
         "--noise_schedule cosine",
-        None, [0, 2, 7, 15, 26, 39]),
+        None, [0, 1, 5, 12, 24, 39]),
     "improved32_x0_small": (
         "improved-diffusion",
         "--image_size 32 --num_channels 32 --num_res_blocks 1 --num_heads 1 "

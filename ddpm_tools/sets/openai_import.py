@@ -73,10 +73,16 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else "refused"
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80" and head != b"PK":  # neither a pickle nor torch's zip
+            raise CheckpointError(f"{path} is not a torch.save file (it starts with "
+                                  f"{head!r}); pass the model .pt checkpoint") from None
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not|\n|$)", str(e))
+        detail = f" ({found.group(1).strip()})" if found and found.group(1).strip() else ""
         raise CheckpointError(
-            f"{path} holds Python objects other than tensors ({first}); ddpm-tools never "
-            "unpickles code: load it in the original project and save model.state_dict()"
+            f"{path} holds Python objects other than tensors{detail}; ddpm-tools never "
+            "unpickles them: load it in the original project and save model.state_dict()"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
