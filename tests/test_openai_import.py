@@ -19,6 +19,7 @@ from ddpm_tools.cli.main import app
 from ddpm_tools.core.diffusion import step_log_variance_bounds
 from ddpm_tools.costs.estimate import step_costs
 from ddpm_tools.errors import BadInputError, CheckpointError
+from ddpm_tools.io.png import write_png
 from ddpm_tools.models.openai_unet import OpenAIUNet, OpenAIUNetConfig
 from ddpm_tools.sets import Denoiser, load_set
 from ddpm_tools.sets.openai_flags import parse_flags, unet_config
@@ -289,6 +290,15 @@ def test_images_of_the_wrong_size_stop_with_one_sentence(tmp_path):
     r = runner.invoke(app, ["cost-table", "--set", str(out), "--data", f"npz:{data}",
                             "--samples", "4", "--out", str(tmp_path / "c.safetensors")])
     assert r.exit_code == 2 and "shape" in r.output and "Traceback" not in r.output
+    pngs = tmp_path / "pngs"  # a folder of 64x64 RGB PNGs for a 16x16 model
+    pngs.mkdir()
+    for i in range(4):
+        write_png(pngs / f"{i}.png", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    r = runner.invoke(app, ["eval-bpd", "--set", str(out), "--data", f"folder:{pngs}",
+                            "--schedule", "even:4"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "(3, 64, 64)" in text and "(3, 16, 16)" in text, text
+    assert "Traceback" not in text and not (tmp_path / "c.safetensors").exists()
 
 
 # ------------------------------------------------------------------ end to end
@@ -333,3 +343,19 @@ def test_imported_checkpoint_through_the_whole_pipeline(tmp_path):
     tau = json.loads(sfile.read_text())["timesteps"]
     assert r.stdout.strip().splitlines()[-1] == \
         "use_timesteps = {" + ", ".join(str(t - 1) for t in tau[1:]) + "}"
+
+
+@pytest.mark.slow
+def test_bench_image_quick_json(monkeypatch, capsys):
+    """benchmarks/bench_image.py runs end to end in its --quick mode and reports its
+    numbers (no timing assertions)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    res = importlib.import_module("bench_image").main(["--quick", "--json"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(res))
+    assert res["network_calls"] == res["settings"]["T"] * res["settings"]["samples"]
+    assert res["table_seconds"] > 0 and res["floor_seconds"] > 0
+    assert res["kl_overhead_flagged"] == (res["kl_overhead"] > 0.25)
+    rows = {r["schedule"]: r for r in res["eval_bpd"]}
+    assert set(rows) == {"dp:4", "even:4", "dp:8", "even:8"}
+    assert all(math.isfinite(r["bpd"]) and r["bpd_se"] >= 0 for r in rows.values())
