@@ -240,6 +240,18 @@ def test_flags_that_do_not_fit_the_weights_name_the_likely_flag(tmp_path):
         assert not (tmp_path / f"o{i}").exists()  # nothing half-written
 
 
+def test_weights_of_another_model_or_a_class_conditional_one_are_named(tmp_path):
+    meta, _ = fixture("improved32_learned")
+    other = tmp_path / "other.pt"
+    torch.save({"conv_in.weight": torch.zeros(8, 3, 3, 3)}, other)
+    with pytest.raises(CheckpointError, match="UNetModel at all"):
+        import_checkpoint("improved-diffusion", other, meta["flags"], tmp_path / "o1")
+    cond = tmp_path / "cond.pt"
+    torch.save({**state_dict(meta), "label_emb.weight": torch.zeros(1000, 128)}, cond)
+    with pytest.raises(CheckpointError, match="only unconditional checkpoints"):
+        import_checkpoint("improved-diffusion", cond, meta["flags"], tmp_path / "o2")
+
+
 class _Code:  # a pickled object that is not a tensor: weights_only refuses it
     def __reduce__(self):
         return (print, ("unpickled!",))

@@ -124,9 +124,11 @@ def _flag_hint(key: str, cfg: OpenAIUNetConfig, state: dict[str, torch.Tensor],
         ratio = state[key].shape[0] / expected[key].shape[0]
         if ratio in (2.0, 0.5):
             return f"--use_scale_shift_norm {ratio == 2.0}?"
-    n_in = 1 + max(int(m) for k in state if (m := _block(k, "input_blocks")) is not None)
+    n_in, n_expected = _count_blocks(state), _count_blocks(expected)
     levels = len(cfg.channel_mult)
-    if n_in != 1 + max(int(m) for k in expected if (m := _block(k, "input_blocks")) is not None):
+    if n_in == 0:
+        return "is it an improved-/guided-diffusion UNetModel at all?"
+    if n_in != n_expected:
         if n_in % levels == 0 and n_in // levels - 1 >= 1:
             return f"--num_res_blocks {n_in // levels - 1}?"
         return "--image_size or --channel_mult?"
@@ -137,9 +139,10 @@ def _flag_hint(key: str, cfg: OpenAIUNetConfig, state: dict[str, torch.Tensor],
     return "--num_channels, --channel_mult or --image_size?"
 
 
-def _block(key: str, part: str) -> str | None:
-    m = re.match(rf"{part}\.(\d+)\.", key)
-    return m.group(1) if m else None
+def _count_blocks(state: dict[str, torch.Tensor]) -> int:
+    """Number of ``input_blocks.N`` entries (1 + the largest N; 0 without any)."""
+    found = [int(m.group(1)) for k in state if (m := re.match(r"input_blocks\.(\d+)\.", k))]
+    return 1 + max(found) if found else 0
 
 
 def check_state(net: OpenAIUNet, state: dict[str, torch.Tensor], path: Path) -> None:
