@@ -32,9 +32,7 @@ from ddpm_tools.models import (
     config_from_dict,
     config_to_dict,
 )
-from ddpm_tools.models.openai_unet import (
-    ARCH_NAME as OPENAI_ARCH,
-)
+from ddpm_tools.models.openai_unet import ARCH_NAME as OPENAI_ARCH
 from ddpm_tools.models.openai_unet import (
     OpenAIUNetConfig,
     openai_config_from_dict,
