@@ -210,9 +210,9 @@ def test_cached_table_is_rebuilt_when_weights_change(tiny_set_2d, tmp_path):
     p = tmp_path / "set"
     shutil.copytree(tiny_set_2d, p)
     s = CostSettings(samples=16)
-    t1, path = ct.cached_cost_table(p, "8gaussians", settings=s)
+    t1, path = ct.cached_cost_table(load_set(p), "8gaussians", settings=s)
     mtime = path.stat().st_mtime_ns
-    t2, _ = ct.cached_cost_table(p, "8gaussians", settings=s)
+    t2, _ = ct.cached_cost_table(load_set(p), "8gaussians", settings=s)
     assert path.stat().st_mtime_ns == mtime and np.array_equal(t1.L, t2.L)  # reused
     cset = load_set(p)
     net = cset.load_member(0)
@@ -225,5 +225,5 @@ def test_cached_table_is_rebuilt_when_weights_change(tiny_set_2d, tmp_path):
     save_file(net.state_dict(), str(p / cset.manifest.members[0].weights))
     write_manifest(p, with_member(cset.manifest, 0,
                                   sha256=sha256_file(p / cset.manifest.members[0].weights)))
-    t3, _ = ct.cached_cost_table(p, "8gaussians", settings=s)
+    t3, _ = ct.cached_cost_table(load_set(p), "8gaussians", settings=s)
     assert t3.set_sha256 != t1.set_sha256 and not np.array_equal(t3.L, t1.L)

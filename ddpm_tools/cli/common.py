@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ddpm_tools.device import resolve_device
 from ddpm_tools.progress import ProgressFn
 
 console = Console()
@@ -27,9 +29,16 @@ err_console = Console(stderr=True)
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same numbers.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")
-]
+
+
+def _device(name: str) -> str:
+    """Parses --device: ``auto`` becomes the device it picks (cuda or cpu)."""
+    return str(resolve_device(name))
+
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA if available), cpu, cuda or cuda:N.", callback=_device)]
+SetOpt = Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")]
 
 
 def _clean(obj: Any) -> Any:
