@@ -87,7 +87,8 @@ def test_full_chain_of_table_equals_direct_T_step_elbo(fixture, request, tmp_pat
     full = predicted_nats(run.table, np.arange(cset.T + 1))
     assert full == pytest.approx(terms.sum() + prior, rel=1e-9)
     assert run.table.dims == D and np.all(np.isinf(run.table.prior[:-1]))
-    assert np.all(run.table.L_se[:, 1:][np.triu(np.ones_like(L, bool), 1)[:, 1:]] >= 0)
+    se = run.table.L_se[np.triu(np.ones_like(L, bool), 1)]  # every step t -> s < t
+    assert np.all(np.isfinite(se)) and np.all(se > 0)  # measured, from 64 different examples
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large", "learned_range"])
