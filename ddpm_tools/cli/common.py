@@ -60,7 +60,9 @@ def print_json(obj: Any) -> None:
 
 @contextmanager
 def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
-    """A :class:`ProgressFn` drawing one rich bar per task label on stderr."""
+    """A :class:`ProgressFn` drawing one rich bar per task label on stderr. The display
+    starts with the first task, so a command that fails before any work prints only
+    its error."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -69,16 +71,22 @@ def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, disable=not enabled) as bar:
-        tasks: dict[str, Any] = {}
+    bar = Progress(*columns, console=err_console, disable=not enabled)
+    tasks: dict[str, Any] = {}
 
-        def update(task: str, done: int, total: int, **info: float) -> None:
-            text = "  ".join(f"{k}={v:.4g}" for k, v in info.items())
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total, info=text)
-            bar.update(tasks[task], completed=done, total=total, info=text)
+    def update(task: str, done: int, total: int, **info: float) -> None:
+        text = "  ".join(f"{k}={v:.4g}" for k, v in info.items())
+        if task not in tasks:
+            if not tasks:
+                bar.start()
+            tasks[task] = bar.add_task(task, total=total, info=text)
+        bar.update(tasks[task], completed=done, total=total, info=text)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def fmt(x: float, digits: int = 4) -> str:
