@@ -32,6 +32,8 @@ BENCHMARKS = {  # name -> (script, what it compares)
     "eval": ("bench_eval.py", "eval-bpd vs a calc_bpd_loop-style per-step loop; K-step cost"),
     "sets": ("bench_sets.py", "single network vs interval sets vs multidecoder at equal "
                               "compute"),
+    "image": ("bench_image.py", "cost table of an imported 32x32 improved-diffusion U-Net vs "
+                                "the same plain network calls"),
 }
 
 

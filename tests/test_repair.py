@@ -97,3 +97,17 @@ def test_a_multidecoder_set_is_repaired_by_its_joint_training(tmp_path):
     assert res.exit_code == 2 and "ddpm-tools train" in res.output, res.output
     assert not any(r.skipped for r in train_multidecoder(p))  # rebuilt from its checkpoint
     assert {f.name: f.read_bytes() for f in p.glob("*.safetensors")} == before
+
+
+def test_an_imported_set_is_never_retrained_the_advice_is_to_import_again(tmp_path):
+    p = _trained_set(tmp_path / "s")
+    man = json.loads((p / "ddpm_set.json").read_text())
+    man["training"] = {"imported": {"project": "improved-diffusion", "source": "/m/model.pt",
+                                    "flags": "--image_size 32"}}
+    (p / "ddpm_set.json").write_text(json.dumps(man))
+    (p / "member_0001.safetensors").unlink()
+    for args in (["inspect", str(p)], ["train-interval", "--set", str(p), "--member", "1"]):
+        res = CliRunner().invoke(app, args)
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and "import-checkpoint improved-diffusion /m/model.pt" in out
+        assert "train-interval" not in out, out

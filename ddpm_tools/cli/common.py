@@ -7,6 +7,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ddpm_tools.device import resolve_device
 from ddpm_tools.progress import ProgressFn
 
 console = Console()
@@ -27,9 +29,16 @@ err_console = Console(stderr=True)
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same numbers.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")
-]
+
+
+def _device(name: str) -> str:
+    """Parses --device: ``auto`` becomes the device it picks (cuda or cpu)."""
+    return str(resolve_device(name))
+
+
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="auto (CUDA if available), cpu, cuda or cuda:N.", callback=_device)]
+SetOpt = Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")]
 
 
 def _clean(obj: Any) -> Any:
@@ -51,7 +60,9 @@ def print_json(obj: Any) -> None:
 
 @contextmanager
 def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
-    """A :class:`ProgressFn` drawing one rich bar per task label on stderr."""
+    """A :class:`ProgressFn` drawing one rich bar per task label on stderr. The display
+    starts with the first task, so a command that fails before any work prints only
+    its error."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -60,16 +71,22 @@ def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, disable=not enabled) as bar:
-        tasks: dict[str, Any] = {}
+    bar = Progress(*columns, console=err_console, disable=not enabled)
+    tasks: dict[str, Any] = {}
 
-        def update(task: str, done: int, total: int, **info: float) -> None:
-            text = "  ".join(f"{k}={v:.4g}" for k, v in info.items())
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total, info=text)
-            bar.update(tasks[task], completed=done, total=total, info=text)
+    def update(task: str, done: int, total: int, **info: float) -> None:
+        text = "  ".join(f"{k}={v:.4g}" for k, v in info.items())
+        if task not in tasks:
+            if not tasks:
+                bar.start()
+            tasks[task] = bar.add_task(task, total=total, info=text)
+        bar.update(tasks[task], completed=done, total=total, info=text)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def fmt(x: float, digits: int = 4) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from ddpm_tools.models import (
     build_encoder,
     build_network,
 )
+from ddpm_tools.models.openai_unet import OpenAIUNet, OpenAIUNetConfig
 from ddpm_tools.sets.manifest import ExternalArch, Member, SetManifest
 
 RETRAIN_MEMBER = "retrain the member with ddpm-tools train-interval"
@@ -33,9 +35,21 @@ RETRAIN_JOINT = ("repair it by rerunning the ddpm-tools train command that made 
                  "(same --out and settings; the members of a multidecoder set train jointly)")
 
 
-def retrain_member_command(set_dir: Path, index: int) -> str:
-    """The advice that repairs member ``index``: the train-interval command to run."""
+def retrain_member_command(set_dir: Path, index: int, training: dict[str, Any]) -> str:
+    """The advice that repairs member ``index``: the train-interval command to run, or for
+    an imported set (``training["imported"]``) the import to run again."""
+    imported = training.get("imported")
+    if isinstance(imported, dict):
+        return (f"import it again: ddpm-tools import-checkpoint {imported.get('project')} "
+                f"{imported.get('source')} --flags \"{imported.get('flags')}\" --out NEW_FOLDER")
     return f"repair it with ddpm-tools train-interval --set {set_dir} --member {index}"
+
+
+def refuse_imported(set_dir: Path, index: int, training: dict[str, Any]) -> None:
+    """An imported set (another project's trained network) is never trained here."""
+    if "imported" in training:
+        raise CheckpointError(f"{set_dir} holds an imported network, which ddpm-tools does not "
+                              f"train; {retrain_member_command(set_dir, index, training)}")
 
 
 def weights_damage(path: Path, expected_sha256: str | None) -> str | None:
@@ -85,6 +99,8 @@ def build_member(manifest: SetManifest, member: Member) -> torch.nn.Module:
         raise CheckpointError(f"member {member.index} is a {member.arch.library} "
                               f"{member.arch.model_class}; ddpm-tools loads it in place and "
                               "cannot build or train it")
+    if isinstance(member.arch, OpenAIUNetConfig):  # an imported improved-/guided-diffusion net
+        return OpenAIUNet(member.arch)
     return build_network(member.arch, manifest.data.shape, manifest.out_factor)
 
 
@@ -149,8 +165,11 @@ class CheckpointSet:
         if self.manifest.shared_encoder is None:
             net = build_member(self.manifest, m)
             _load_state(net, load_member_weights(self.path / m.weights, m.sha256, where,
-                                                 retrain_member_command(self.path, m.index)),
+                                                 retrain_member_command(self.path, m.index,
+                                                                        self.manifest.training)),
                         where)
+            if isinstance(net, OpenAIUNet):
+                net.fit_precision(torch.device(device))
             return net.to(device).eval()
         if not isinstance(m.arch, MultiDecoderConfig):  # manifest validation rules this out
             raise CheckpointError(f"{where}: not a multidecoder member")

@@ -35,7 +35,7 @@ from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.io.files import atomic_write_safetensors, file_lock, sha256_file
 from ddpm_tools.progress import ProgressFn, report
-from ddpm_tools.sets.checkpoint_set import build_member, weights_damage
+from ddpm_tools.sets.checkpoint_set import build_member, refuse_imported, weights_damage
 from ddpm_tools.sets.manifest import (
     Member,
     MemberState,
@@ -216,6 +216,7 @@ def train_member(
         raise BadInputError(f"--member {index} does not exist; {set_dir} has members "
                             f"0..{len(man.members) - 1}")
     member = man.members[index]
+    refuse_imported(set_dir, index, man.training)
     cfg = TrainConfig.from_json(man.training)
     target = steps if steps is not None else cfg.steps
     if target < 1:
