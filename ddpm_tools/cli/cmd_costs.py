@@ -9,13 +9,22 @@ import numpy as np
 import typer
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    console,
+    fmt,
+    print_json,
+    rich_progress,
+)
 from ddpm_tools.core.gaussian import nats_to_bpd
-from ddpm_tools.costs.build import CostTableRun, Shard, build_cost_table, merge_cost_tables
+from ddpm_tools.costs.build import CostTableRun, merge_cost_tables
+from ddpm_tools.costs.distributed import run_cost_table
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.costs.table_file import CostTable, predicted_bpd
 from ddpm_tools.data import load_data
-from ddpm_tools.device import resolve_device
+from ddpm_tools.device import is_main_process, resolve_device
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.sets import load_set
 
@@ -76,9 +85,11 @@ def cost_table_cmd(
     seed: Annotated[int, typer.Option(help="Picks the examples and the noise.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from OUT.partial."
                                          )] = False,
-    shard: Annotated[str | None, typer.Option(help="Compute shard i/n of the columns t "
-                                                   "(t = i+1, i+1+n, ...); merge later.")
-                     ] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Compute shard i/n of the columns t (t = i+1, i+1+n, ...; merge later), or "
+             "auto: under torchrun every rank its share and rank 0 writes OUT, in a Slurm "
+             "job array the task's shard.")] = None,
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Build the KL cost table of a set: exactly T network calls per example.
@@ -95,12 +106,14 @@ def cost_table_cmd(
     assert set_dir is not None and data is not None and out is not None
     cset = load_set(set_dir)
     split_data = load_data(data, split, seed=seed)
-    settings = CostSettings(samples=samples, batch_size=batch_size, seed=seed)
+    settings = CostSettings(samples=samples, batch_size=batch_size, seed=seed,
+                            precision=precision)
     dev = str(resolve_device(device))
-    with rich_progress(enabled=not json_out) as progress:
-        run = build_cost_table(cset, split_data, out, settings, device=dev, resume=resume,
-                               shard=Shard.parse(shard) if shard else None, progress=progress)
-    _print(run, json_out)
+    with rich_progress(enabled=not json_out and is_main_process()) as progress:
+        run = run_cost_table(cset, split_data, out, settings, shard, device=dev,
+                             resume=resume, progress=progress)
+    if is_main_process():  # under torchrun only rank 0 prints
+        _print(run, json_out)
 
 
 @cost_app.command("merge")

@@ -13,6 +13,7 @@ from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
+    PrecisionOpt,
     console,
     fmt,
     fmt_se,
@@ -21,7 +22,7 @@ from ddpm_tools.cli.common import (
 )
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
-from ddpm_tools.device import resolve_device
+from ddpm_tools.device import is_main_process, resolve_device
 from ddpm_tools.likelihood.elbo import ScheduleEval, eval_likelihood
 from ddpm_tools.likelihood.ode import ODESettings
 from ddpm_tools.sampling.sample_file import SampleRun, draw_samples
@@ -59,6 +60,7 @@ def eval_bpd_cmd(
         min=1, help="--method ode: Hutchinson probes per example when D > 16 (exact "
                     "divergence otherwise).")] = 1,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Bits/dim (negative ELBO) of schedules on held-out data, with standard errors.
@@ -67,20 +69,24 @@ def eval_bpd_cmd(
     is the paired difference to the first schedule, with its own standard error.
     A schedule may start below T where the set has an auxiliary prior (train-prior).
     --method ode adds the probability-flow ODE bits/dim (Song et al. 2021; discrete data
-    uniformly dequantized) on the same examples.
+    uniformly dequantized) on the same examples. Under torchrun the ranks split the
+    examples and rank 0 prints the numbers of one process.
     """
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
     split_data = load_data(data, split, seed=seed)
     source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
-    with rich_progress(enabled=not json_out) as progress:
+    with rich_progress(enabled=not json_out and is_main_process()) as progress:
         scheds = [resolve_schedule(s, set_dir, cset.T, source, progress)
                   for s in schedule or []]
         res = eval_likelihood(cset, split_data, scheds, method=method, samples=samples,
                               seed=seed, batch_size=batch_size, device=dev,
                               ode=ODESettings(steps=ode_steps, probes=probes,
-                                              batch_size=batch_size), progress=progress)
+                                              batch_size=batch_size), progress=progress,
+                              precision=precision)
     results = res.elbo
+    if not results:  # a torchrun rank other than 0: rank 0 prints
+        return
     if json_out:
         elbo = [_eval_json(r) for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 
 from ddpm_tools.progress import ProgressFn
+from ddpm_tools.sets.calls import PRECISION_HELP
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,8 +29,10 @@ err_console = Console(stderr=True)
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same numbers.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")
+    str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N; "
+                                       "under torchrun cuda is each rank's own GPU.")
 ]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help=PRECISION_HELP)]
 
 
 def _clean(obj: Any) -> Any:
@@ -49,6 +52,24 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class _RichProgress:
+    """A :class:`ProgressFn` drawing one rich bar per task label; ``warn`` prints one
+    yellow line on stderr above the bars."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int, **info: float) -> None:
+        text = "  ".join(f"{k}={v:.4g}" for k, v in info.items())
+        if task not in self.tasks:
+            self.tasks[task] = self.bar.add_task(task, total=total, info=text)
+        self.bar.update(self.tasks[task], completed=done, total=total, info=text)
+
+    def warn(self, message: str) -> None:
+        err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
 @contextmanager
 def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
     """A :class:`ProgressFn` drawing one rich bar per task label on stderr."""
@@ -61,15 +82,7 @@ def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, disable=not enabled) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(task: str, done: int, total: int, **info: float) -> None:
-            text = "  ".join(f"{k}={v:.4g}" for k, v in info.items())
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total, info=text)
-            bar.update(tasks[task], completed=done, total=total, info=text)
-
-        yield update
+        yield _RichProgress(bar)
 
 
 def fmt(x: float, digits: int = 4) -> str:
