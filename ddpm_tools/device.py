@@ -23,7 +23,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     ``cuda:LOCAL_RANK`` (:func:`rank_device`).
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:

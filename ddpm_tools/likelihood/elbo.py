@@ -93,7 +93,7 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     for j, (_, aux) in enumerate(starts):
         if aux is None:
             kl = prior_kl(x0, float(cset.schedule.log_alpha_bar[T]))
-            prior[j] = kl.reshape(n, -1).sum(1).numpy()
+            prior[j] = kl.flatten(1).sum(1).numpy()
         else:
             eps = noise_for(aux.t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)[rows]
             prior[j] = aux_prior_nats(aux, cset.schedule, x0, eps).numpy()

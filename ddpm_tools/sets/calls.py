@@ -73,6 +73,7 @@ class AdaptiveBatch:
         self.size = size
         self.warn = warn
         self.halvings = 0  # how often the size was halved (for tests and diagnostics)
+        self._said = False  # whether warn was called
 
     def run(self, n: int, body: Callable[[int, int], None]) -> None:
         """Call ``body(a, b)`` for consecutive row ranges [a, b) covering [0, n).
@@ -91,6 +92,11 @@ class AdaptiveBatch:
                 self._halve(e)
                 continue
             a = b
+            if self.halvings and not self._said:  # the size that fits, said once
+                self._said = True
+                if self.warn is not None:
+                    self.warn(f"the GPU ran out of memory: {self.size} examples per network "
+                              "call from now on (--batch-size sets the start)")
 
     def _halve(self, e: BaseException) -> None:
         if torch.cuda.is_available():
@@ -100,6 +106,3 @@ class AdaptiveBatch:
                                 "memory; free the GPU or run with --device cpu") from e
         self.size = max(1, self.size // 2)
         self.halvings += 1
-        if self.halvings == 1 and self.warn is not None:
-            self.warn(f"the GPU ran out of memory: {self.size} examples per network call "
-                      "from now on (--batch-size sets the start)")
