@@ -96,16 +96,17 @@ def rank_device(device: str) -> str:
 
 
 @contextmanager
-def rank_group(ranks: Ranks) -> Iterator[None]:
+def rank_group(ranks: Ranks | None) -> Iterator[None]:
     """The gloo process group of a command's ranks, for barriers and gathers of host
-    arrays (no tensors cross ranks on the GPU); left alone if the caller made one already.
+    arrays (no tensors cross ranks on the GPU); left alone if the caller made one already
+    (a command holds one group from start to end), nothing in one process.
 
     The timeout is :data:`BARRIER_TIMEOUT`: a rank whose share finishes early waits for
     the slowest one (the default 30 minutes would end long runs with an error).
     """
     import torch.distributed as dist
 
-    started = ranks.world > 1 and not dist.is_initialized()
+    started = ranks is not None and ranks.world > 1 and not dist.is_initialized()
     if started:
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     try:

@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.costs.build import build_cost_table
+from ddpm_tools.costs.build import build_cost_table, cache_path
 from ddpm_tools.costs.distributed import run_cost_table, slurm_shard
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
@@ -75,15 +75,25 @@ def test_torchrun_cost_table_equals_one_process_bit_for_bit(tiny_set_digits, tmp
                                                           "ranks.safetensors"]
 
 
-def test_torchrun_eval_bpd_gives_the_numbers_of_one_process(tiny_set_2d):
+def test_torchrun_eval_bpd_gives_the_numbers_of_one_process(tiny_set_2d, tmp_path):
     """40 examples in batches of 16: rank 0 scores 32, rank 1 the last 8; rank 0 prints
-    the same means, standard errors and paired differences as one process."""
+    the same means, standard errors and paired differences as one process. The dp:3
+    schedule's train-split table is built by both ranks (rank 0 merges it into the cache)."""
     args = ["eval-bpd", "--set", str(tiny_set_2d), "--data", "8gaussians", "--samples", "40",
-            "--batch-size", "16", "--schedule", "even:4", "--schedule", "full", "--seed", "2",
-            "--device", "cpu", "--json"]
+            "--batch-size", "16", "--schedule", "even:4", "--schedule", "full", "--schedule",
+            "dp:3", "--table-samples", "24", "--seed", "2", "--device", "cpu", "--json"]
+    cset = load_set(tiny_set_2d)
+    settings = CostSettings(samples=24, seed=2)
+    cached = cache_path(cset, "8gaussians", "train", settings)
+    assert not cached.exists()
+    proc = _torchrun(args)
+    one = tmp_path / "one.safetensors"
+    build_cost_table(cset, load_data("8gaussians", "train", seed=2), one, settings)
+    _same_file(cached, one)
+    assert [p.name for p in cached.parent.iterdir() if p.name.startswith(cached.name)] \
+        == [cached.name]  # the ranks' files are gone
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    proc = _torchrun(args)
     assert json.loads(proc.stdout) == json.loads(res.stdout)
 
 

@@ -22,7 +22,7 @@ from ddpm_tools.cli.common import (
 )
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
-from ddpm_tools.device import is_main_process, resolve_device
+from ddpm_tools.device import is_main_process, rank_group, resolve_device, torchrun_ranks
 from ddpm_tools.likelihood.elbo import ScheduleEval, eval_likelihood
 from ddpm_tools.likelihood.ode import ODESettings
 from ddpm_tools.sampling.sample_file import SampleRun, draw_samples
@@ -76,7 +76,8 @@ def eval_bpd_cmd(
     dev = str(resolve_device(device))
     split_data = load_data(data, split, seed=seed)
     source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
-    with rich_progress(enabled=not json_out and is_main_process()) as progress:
+    with rank_group(torchrun_ranks()), \
+            rich_progress(enabled=not json_out and is_main_process()) as progress:
         scheds = [resolve_schedule(s, set_dir, cset.T, source, progress)
                   for s in schedule or []]
         res = eval_likelihood(cset, split_data, scheds, method=method, samples=samples,

@@ -11,6 +11,9 @@ equals the single-process table bit for bit. OUT's folder must be visible to eve
 Without torchrun, ``--shard auto`` reads a Slurm job array's SLURM_ARRAY_TASK_ID and
 SLURM_ARRAY_TASK_COUNT (task i of n computes shard i/n; ``cost-table merge`` joins
 them afterwards).
+
+The set's cached train-split table (behind ``dp:K`` schedules) is built the same way
+when a command under torchrun needs it (:func:`cached_cost_table_ranks`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ import os
 import time
 from pathlib import Path
 
-from ddpm_tools.costs.build import CostTableRun, Shard, build_cost_table, merge_cost_tables
+from ddpm_tools.costs.build import (
+    CostTableRun,
+    Shard,
+    build_cost_table,
+    cache_path,
+    cached_cost_table,
+    merge_cost_tables,
+    set_fingerprint,
+)
 from ddpm_tools.costs.estimate import CostSettings
-from ddpm_tools.data import DataSplit
+from ddpm_tools.costs.table_file import CostTable, read_cost_table
+from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.device import Ranks, barrier, rank_group, torchrun_ranks
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
+from ddpm_tools.sets.load import load_set
 
 NEITHER = ("--shard auto needs torchrun (RANK and WORLD_SIZE are not set) or a Slurm job "
            "array (SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set); run it as "
@@ -111,3 +124,24 @@ def run_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLike[
         raise BadInputError(NEITHER)
     return build_cost_table(cset, data, out, settings, device=device, resume=resume,
                             shard=task, progress=progress)
+
+
+def cached_cost_table_ranks(set_dir: str | os.PathLike[str], data: str, split: str = "train",
+                            settings: CostSettings = CostSettings(), device: str = "cpu",
+                            progress: ProgressFn | None = None) -> tuple[CostTable, Path]:
+    """:func:`~ddpm_tools.costs.build.cached_cost_table`; under torchrun every rank calls
+    it together and, when the cache must be built, computes its share of the columns
+    (rank 0 merges) instead of each rank building the whole table."""
+    ranks = torchrun_ranks()
+    if ranks is None or ranks.world == 1:
+        return cached_cost_table(set_dir, data, split, settings, device=device,
+                                 progress=progress)
+    cset = load_set(set_dir)
+    path = cache_path(cset, data, split, settings)
+    with rank_group(ranks):
+        if not path.exists() or read_cost_table(path).set_sha256 != set_fingerprint(cset):
+            build_cost_table_ranks(cset, load_data(data, split, seed=settings.seed), path,
+                                   settings, ranks, device=device, resume=True,
+                                   progress=progress)
+            barrier(ranks)  # rank 0 has merged the table into the cache
+    return read_cost_table(path), path
