@@ -16,7 +16,7 @@ from ddpm_tools.cli.common import (
     console,
     fmt,
     print_json,
-    rich_progress,
+    rank_progress,
 )
 from ddpm_tools.core.gaussian import nats_to_bpd
 from ddpm_tools.costs.build import CostTableRun, merge_cost_tables
@@ -109,7 +109,7 @@ def cost_table_cmd(
     settings = CostSettings(samples=samples, batch_size=batch_size, seed=seed,
                             precision=precision)
     dev = str(resolve_device(device))
-    with rich_progress(enabled=not json_out and is_main_process()) as progress:
+    with rank_progress(json_out) as progress:
         run = run_cost_table(cset, split_data, out, settings, shard, device=dev,
                              resume=resume, progress=progress)
     if is_main_process():  # under torchrun only rank 0 prints

@@ -18,12 +18,13 @@ from ddpm_tools.cli.common import (
     fmt,
     fmt_se,
     print_json,
+    rank_progress,
     rich_progress,
 )
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
-from ddpm_tools.device import is_main_process, rank_group, resolve_device, torchrun_ranks
-from ddpm_tools.likelihood.elbo import ScheduleEval, eval_likelihood
+from ddpm_tools.device import resolve_device
+from ddpm_tools.likelihood.elbo import LikelihoodEval, ScheduleEval, eval_likelihood
 from ddpm_tools.likelihood.ode import ODESettings
 from ddpm_tools.sampling.sample_file import SampleRun, draw_samples
 from ddpm_tools.schedules.spec import SPEC_HELP, CostSource, resolve_schedule
@@ -76,8 +77,7 @@ def eval_bpd_cmd(
     dev = str(resolve_device(device))
     split_data = load_data(data, split, seed=seed)
     source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
-    with rank_group(torchrun_ranks()), \
-            rich_progress(enabled=not json_out and is_main_process()) as progress:
+    with rank_progress(json_out) as progress:
         scheds = [resolve_schedule(s, set_dir, cset.T, source, progress)
                   for s in schedule or []]
         res = eval_likelihood(cset, split_data, scheds, method=method, samples=samples,
@@ -85,14 +85,17 @@ def eval_bpd_cmd(
                               ode=ODESettings(steps=ode_steps, probes=probes,
                                               batch_size=batch_size), progress=progress,
                               precision=precision)
+    if res.elbo:  # empty on the torchrun ranks other than 0: rank 0 prints
+        _print_likelihood(res, f"{data} ({split} split", json_out)
+
+
+def _print_likelihood(res: LikelihoodEval, where: str, json_out: bool) -> None:
     results = res.elbo
-    if not results:  # a torchrun rank other than 0: rank 0 prints
-        return
     if json_out:
         elbo = [_eval_json(r) for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
-    _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}); "
+    _print_evals(results, f"bits/dim on {where}, n = {results[0].n}); "
                           "± is one standard error")
     if res.ode is not None:
         o = res.ode

@@ -20,6 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ddpm_tools.device import is_main_process, rank_group, torchrun_ranks
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.calls import PRECISION_HELP
 
@@ -83,6 +84,15 @@ def rich_progress(enabled: bool = True) -> Iterator[ProgressFn]:
     )
     with Progress(*columns, console=err_console, disable=not enabled) as bar:
         yield _RichProgress(bar)
+
+
+@contextmanager
+def rank_progress(json_out: bool) -> Iterator[ProgressFn]:
+    """:func:`rich_progress` for a command that may run under torchrun: the ranks share
+    one gloo group for the whole command and only rank 0 draws bars."""
+    with rank_group(torchrun_ranks()), \
+            rich_progress(enabled=not json_out and is_main_process()) as progress:
+        yield progress
 
 
 def fmt(x: float, digits: int = 4) -> str:

@@ -102,10 +102,8 @@ def _mean_se_device(per_example: torch.Tensor) -> torch.Tensor:
 
 def _mean_se(per_example: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over dim 0 (float64 numpy)."""
-    n = per_example.shape[0]
-    m = per_example.mean(0)
-    se = per_example.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros_like(m)
-    return m.cpu().numpy(), se.cpu().numpy()
+    m, se = _mean_se_device(per_example).cpu().numpy()
+    return m, se
 
 
 def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
