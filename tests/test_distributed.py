@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddpm_tools.cli.main import app
-from ddpm_tools.costs.build import build_cost_table, cache_path
+from ddpm_tools.costs.build import build_cost_table, cache_path, merge_cost_tables
 from ddpm_tools.costs.distributed import run_cost_table, slurm_shard
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
@@ -268,3 +268,13 @@ def test_eval_bpd_ranks_slice_the_noise_of_one_process(tiny_set_2d, monkeypatch)
         assert (res == []) == (r != 0)
     assert [parts[r].shape[-1] for r in range(4)] == [8, 8, 4, 0]
     assert res == one
+
+
+def test_shards_of_other_precisions_do_not_merge(tiny_set_2d, tmp_path):
+    cset, data = load_set(tiny_set_2d), load_data("8gaussians", "train")
+    parts = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for i, precision in enumerate(("fp32", "bf16")):
+        run_cost_table(cset, data, parts[i], CostSettings(samples=4, precision=precision),
+                       shard=f"{i}/2")
+    with pytest.raises(BadInputError, match="other settings"):
+        merge_cost_tables(parts, tmp_path / "m.safetensors")
