@@ -278,3 +278,16 @@ def test_shards_of_other_precisions_do_not_merge(tiny_set_2d, tmp_path):
                        shard=f"{i}/2")
     with pytest.raises(BadInputError, match="other settings"):
         merge_cost_tables(parts, tmp_path / "m.safetensors")
+
+
+def test_cli_says_the_smaller_batch_once_on_stderr(tiny_set_2d, tmp_path, monkeypatch):
+    real = Denoiser.__call__
+    monkeypatch.setattr(Denoiser, "__call__",
+                        lambda self, x_t, t: (_oom_above(5)(x_t.shape[0]), real(self, x_t, t))[1])
+    res = CliRunner().invoke(app, ["cost-table", "--set", str(tiny_set_2d), "--data",
+                                   "8gaussians", "--samples", "16", "--batch-size", "16",
+                                   "--out", str(tmp_path / "c.safetensors"), "--device", "cpu",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.count("ran out of memory") == 1 and "4 examples" in res.stderr
+    assert json.loads(res.stdout)["columns_done"] == 20
