@@ -132,11 +132,15 @@ def test_slurm_shard_reads_the_array_and_refuses_steps(monkeypatch):
         slurm_shard()
 
 
-def test_shard_text_is_checked_before_any_work(tiny_set_2d, tmp_path):
+def test_shard_text_is_checked_before_any_work(tiny_set_2d, tmp_path, monkeypatch):
     cset, data = load_set(tiny_set_2d), load_data("8gaussians", "train")
     with pytest.raises(BadInputError, match="i/n"):
         run_cost_table(cset, data, tmp_path / "x.safetensors", CostSettings(samples=4),
                        shard="2/2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(BadInputError, match="--shard auto"):  # each rank: the whole table
+        run_cost_table(cset, data, tmp_path / "x.safetensors", CostSettings(samples=4))
     assert not (tmp_path / "x.safetensors").exists()
 
 

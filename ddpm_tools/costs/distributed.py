@@ -109,13 +109,18 @@ def build_cost_table_ranks(cset: CheckpointSet, data: DataSplit, out: str | os.P
 def run_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLike[str],
                    settings: CostSettings, shard: str | None = None, device: str = "cpu",
                    resume: bool = False, progress: ProgressFn | None = None) -> CostTableRun:
-    """``cost-table`` with its ``--shard`` text: None (the whole table), ``i/n`` (one
+    """``cost-table`` with its ``--shard`` text: None (the whole table; refused under
+    torchrun with several ranks, which would each compute all of it), ``i/n`` (one
     shard, :func:`~ddpm_tools.costs.build.build_cost_table`) or ``auto`` (torchrun
     ranks, else the Slurm array task, else a BadInputError)."""
+    ranks = torchrun_ranks()
+    if shard is None and ranks is not None and ranks.world > 1:
+        raise BadInputError("cost-table runs under torchrun without --shard auto: every rank "
+                            "would compute the whole table; add --shard auto to split the "
+                            "columns over the ranks")
     if shard is None or shard.strip() != "auto":
         return build_cost_table(cset, data, out, settings, device=device, resume=resume,
                                 shard=Shard.parse(shard) if shard else None, progress=progress)
-    ranks = torchrun_ranks()
     if ranks is not None:
         return build_cost_table_ranks(cset, data, out, settings, ranks, device=device,
                                       resume=resume, progress=progress)
