@@ -97,8 +97,8 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
         else:
             eps = noise_for(aux.t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)[rows]
             prior[j] = aux_prior_nats(aux, cset.schedule, x0, eps).numpy()
-    steps = np.zeros((len(schedules), n))
-    decoder = np.zeros((len(schedules), n))
+    steps = torch.zeros((len(schedules), n), dtype=torch.float64, device=dev)  # on the device:
+    decoder = torch.zeros_like(steps)  # one copy to the host at the end, none per t
 
     # 2. which (schedule, s) pairs need the network at each t
     uses: dict[int, list[tuple[int, int]]] = {}
@@ -113,15 +113,15 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
         pairs = uses[t]
         s_arr = np.array([s for _, s in pairs], dtype=np.int64)
         eps = noise_for(t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)[rows]
-        cost = np.empty((n, len(pairs)))
+        cost = torch.empty((n, len(pairs)), dtype=torch.float64, device=dev)
 
         def body(a: int, b: int, t: int = t, s_arr: np.ndarray = s_arr,
-                 eps: torch.Tensor = eps, cost: np.ndarray = cost) -> None:
+                 eps: torch.Tensor = eps, cost: torch.Tensor = cost) -> None:
             xb = x0[a:b].to(dev)
             tb = np.full(b - a, t, dtype=np.int64)
             x_t = q_sample(cset.schedule, xb, tb, eps[a:b].to(dev))
             pred = den(x_t, tb)
-            cost[a:b] = step_costs(cset, t, s_arr, xb, pred.x0_hat, pred.v).cpu().numpy()
+            cost[a:b] = step_costs(cset, t, s_arr, xb, pred.x0_hat, pred.v)
 
         batch.run(n, body)
         for col, (j, s) in enumerate(pairs):
@@ -130,7 +130,8 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
 
     # 4. reduce on rank 0, over all examples in their order: bits/dim with standard
     #    errors, paired differences to the first schedule
-    every = gather_examples(ranks, np.stack([prior, steps, decoder]))  # [3, J, n_all]
+    every = gather_examples(ranks, np.stack([prior, steps.cpu().numpy(),
+                                             decoder.cpu().numpy()]))  # [3, J, n_all]
     if every is None:
         return []
     prior, steps, decoder = every
