@@ -148,6 +148,7 @@ def test_shards_merge_to_the_single_run_and_resume_continues(tiny_set_2d, tmp_pa
     np.testing.assert_array_equal(merged.L_se, whole.L_se)
     # an interrupted run leaves a partial file; --resume computes only the missing columns
     monkeypatch.setattr(ct, "PARTIAL_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr("ddpm_tools.costs.estimate.FLUSH_SECONDS", 0.0)  # every column
     calls = {"n": 0}
     real = ct.compute_columns
 

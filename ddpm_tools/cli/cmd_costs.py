@@ -8,10 +8,19 @@ from typing import Annotated
 import typer
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    console,
+    fmt,
+    print_json,
+    rank_progress,
+)
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.costs.run import CostTableReport, merge_shards, run_cost_table
 from ddpm_tools.costs.summary import TableSummary
+from ddpm_tools.device import is_main_process
 
 cost_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(cost_app, name="cost-table",
@@ -63,9 +72,11 @@ def cost_table_cmd(
     seed: Annotated[int, typer.Option(help="Picks the examples and the noise.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from OUT.partial."
                                          )] = False,
-    shard: Annotated[str | None, typer.Option(help="Compute shard i/n of the columns t "
-                                                   "(t = i+1, i+1+n, ...); merge later.")
-                     ] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Compute shard i/n of the columns t (t = i+1, i+1+n, ...; merge later), or "
+             "auto: under torchrun every rank its share and rank 0 writes OUT, in a Slurm "
+             "job array the task's shard.")] = None,
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Build the KL cost table of a set: exactly T network calls per example.
@@ -75,11 +86,13 @@ def cost_table_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    with rich_progress(enabled=not json_out) as progress:
+    with rank_progress(json_out) as progress:
         run = run_cost_table(set_dir, data, out, split=split, device=device, resume=resume,
                              settings=CostSettings(samples=samples, batch_size=batch_size,
-                                                   seed=seed), shard=shard, progress=progress)
-    _print(run, json_out)
+                                                   seed=seed, precision=precision),
+                             shard=shard, progress=progress)
+    if is_main_process():  # under torchrun only rank 0 prints
+        _print(run, json_out)
 
 
 @cost_app.command("merge")

@@ -13,11 +13,13 @@ from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
+    PrecisionOpt,
     SetOpt,
     console,
     fmt,
     fmt_se,
     print_json,
+    rank_progress,
     rich_progress,
 )
 from ddpm_tools.likelihood.elbo import LikelihoodEval, ScheduleEval
@@ -58,6 +60,7 @@ def eval_bpd_cmd(
         min=1, help="--method ode: Hutchinson probes per example when D > 16 (exact "
                     "divergence otherwise).")] = 1,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Bits/dim (negative ELBO) of schedules on held-out data, with standard errors.
@@ -66,24 +69,26 @@ def eval_bpd_cmd(
     is the paired difference to the first schedule, with its own standard error.
     A schedule may start below T where the set has an auxiliary prior (train-prior).
     --method ode adds the probability-flow ODE bits/dim (Song et al. 2021; discrete data
-    uniformly dequantized) on the same examples.
+    uniformly dequantized) on the same examples. Under torchrun the ranks split the
+    examples and rank 0 prints the numbers of one process.
     """
-    with rich_progress(enabled=not json_out) as progress:
+    with rank_progress(json_out) as progress:
         res = eval_schedules(set_dir, data, schedule or [], split=split, samples=samples,
                              table_samples=table_samples, costs=costs, batch_size=batch_size,
                              seed=seed, method=method, device=device, progress=progress,
                              ode=ODESettings(steps=ode_steps, probes=probes,
-                                             batch_size=batch_size))
-    _print_eval(res, data, split, json_out)
+                                             batch_size=batch_size), precision=precision)
+    if res.elbo:  # empty on the torchrun ranks other than 0: rank 0 prints
+        _print_likelihood(res, f"{data} ({split} split", json_out)
 
 
-def _print_eval(res: LikelihoodEval, data: str, split: str, json_out: bool) -> None:
+def _print_likelihood(res: LikelihoodEval, where: str, json_out: bool) -> None:
     results = res.elbo
     if json_out:
         elbo = [_eval_json(r) for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
-    _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}); "
+    _print_evals(results, f"bits/dim on {where}, n = {results[0].n}); "
                           "± is one standard error")
     if res.ode is not None:
         o = res.ode

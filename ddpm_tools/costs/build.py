@@ -76,7 +76,7 @@ def _meta(cset: CheckpointSet, data: DataSplit, s: CostSettings, n: int) -> dict
     return {"format": PARTIAL_FORMAT, "T": str(cset.T), "dims": str(data.dims),
             "n_samples": str(n), "split": data.split, "seed": str(s.seed),
             "variance": cset.manifest.variance, "set_sha256": set_fingerprint(cset),
-            "data": data.name,
+            "data": data.name, "precision": s.precision,  # shards must not mix precisions
             "decoder": "continuous" if cset.manifest.data.levels is None else "discrete"}
 
 

@@ -8,7 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ddpm_tools.costs.build import CostTableRun, Shard, build_cost_table, merge_cost_tables
+from ddpm_tools.costs.build import CostTableRun, merge_cost_tables
+from ddpm_tools.costs.distributed import build_sharded
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.costs.summary import TableSummary, summarize_table
 from ddpm_tools.data import load_data
@@ -31,7 +32,8 @@ def run_cost_table(
     shard: str | None = None, progress: ProgressFn | None = None,
 ) -> CostTableReport:
     """The cost table of the set at ``set_dir`` on ``data``'s ``split``, written to ``out``
-    (:func:`ddpm_tools.costs.build.build_cost_table`); ``shard`` is ``"i/n"`` or None.
+    (:func:`ddpm_tools.costs.distributed.build_sharded`); ``shard`` is ``"i/n"``, ``"auto"``
+    (torchrun ranks or a Slurm array task) or None.
 
     The three paths are optional only so that the command line can say in one sentence
     which of them is missing.
@@ -42,8 +44,8 @@ def run_cost_table(
                             "--help")
     cset = load_set(set_dir)
     split_data = load_data(data, split, seed=settings.seed)
-    run = build_cost_table(cset, split_data, out, settings, device=device, resume=resume,
-                           shard=Shard.parse(shard) if shard else None, progress=progress)
+    run = build_sharded(cset, split_data, out, settings, shard, device=device, resume=resume,
+                        progress=progress)
     return CostTableReport(run, None if run.table is None else summarize_table(run.table))
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import check_timesteps, even_stride, quadratic_stride
-from ddpm_tools.costs.build import cached_cost_table, set_fingerprint
+from ddpm_tools.costs.build import set_fingerprint
+from ddpm_tools.costs.distributed import cached_cost_table_ranks
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.costs.table_file import CostTable, read_cost_table
 from ddpm_tools.errors import BadInputError
@@ -46,8 +47,8 @@ def _table_for(cset: CheckpointSet, costs: CostSource,
                progress: ProgressFn | None) -> CostTable:
     """The train-split table behind ``dp:K``: the given file (checked) or the set's cache."""
     if costs.table is None:
-        return cached_cost_table(cset, costs.data, "train", costs.settings,
-                                 device=costs.device, progress=progress)[0]
+        return cached_cost_table_ranks(cset, costs.data, "train", costs.settings,
+                                       device=costs.device, progress=progress)[0]
     table = read_cost_table(costs.table)
     T = cset.T
     where = f"cost table {costs.table}"
