@@ -19,7 +19,6 @@ Standard errors are across examples (one x_t per example and t).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,7 +26,9 @@ import numpy as np
 import torch
 
 from ddpm_tools.core.diffusion import posterior_coeffs, q_sample, step_log_variance_bounds
-from ddpm_tools.core.gaussian import decoder_nll, prior_kl
+from ddpm_tools.core.gaussian import prior_kl
+from ddpm_tools.core.kl import decoder_cost, fixed_variance_kl, learned_range_kl
+from ddpm_tools.core.stats import mean_and_se
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.model import AuxPrior
@@ -88,22 +89,14 @@ def noise_for(t: int, seed: int, shape: tuple[int, ...], stream: int = COST_STRE
     return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
-def _mean_se(per_example: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over dim 0 (float64 numpy)."""
-    n = per_example.shape[0]
-    m = per_example.mean(0)
-    se = per_example.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros_like(m)
-    return m.cpu().numpy(), se.cpu().numpy()
-
-
 def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
                x0_hat: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
     """Per-example costs of the steps t -> s for each s in ``s``: ``[n, len(s)]`` nats.
 
     ``x0``, ``x0_hat``, ``v``: ``[n, ...]`` float64 on one device (x0_hat, v from the
     network at x_t). Where s = 0 the cost is the decoder -log p(x_0 | x_t) (its variance
-    depends on t alone, DESIGN.md); where s >= 1 it is KL(q(x_s|x_t,x_0) || p(x_s|x_t)),
-    summed over dimensions.
+    depends on t alone, docs/DESIGN.md); where s >= 1 it is KL(q(x_s|x_t,x_0) || p(x_s|x_t)),
+    summed over dimensions (:mod:`ddpm_tools.core.kl`).
     """
     man = cset.manifest
     sch = man.schedule
@@ -121,8 +114,7 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
             lv = v * float(large) + (1 - v) * float(small)
         else:
             lv = float(small if man.variance == "fixed_small" else large)
-        nll = decoder_nll(x0, x0_hat, lv, man.data.levels).reshape(n, -1).sum(1)
-        out[:, dec] = nll[:, None]
+        out[:, dec] = decoder_cost(x0, x0_hat, lv, man.data.levels)[:, None]
     kl_cols = np.flatnonzero(s > 0)
     if kl_cols.size == 0:
         return out
@@ -134,24 +126,38 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     if man.variance != "learned_range":
         log_s2 = torch.as_tensor(c.log_beta_tilde if man.variance == "fixed_small"
                                  else c.log_beta, device=dev)
-        const = 0.5 * dims * (log_s2 - log_bt + torch.exp(log_bt - log_s2) - 1.0)  # [m]
-        out[:, cols] = const[None, :] + 0.5 * (coef2 * torch.exp(-log_s2))[None, :] \
-            * err2.sum(1, keepdim=True)
+        out[:, cols] = fixed_variance_kl(dims, log_bt, log_s2, coef2,
+                                         err2.sum(1, keepdim=True))
         return out
-    # learned_range: log sigma2 = log_bt + u * delta with delta = log beta - log beta_tilde,
-    # so per dimension KL = 0.5 (u delta + e^{-u delta} - 1 + coef^2 err^2 e^{-log_bt - u delta})
     assert v is not None
-    u = v.reshape(n, -1)  # [n, D]
-    delta = torch.as_tensor(c.log_beta - c.log_beta_tilde, device=dev)  # [m]
     chunk = max(1, CHUNK_ELEMENTS // max(1, n * dims))
-    u_sum = u.sum(1, keepdim=True)  # sum_d u_d delta = delta sum_d u_d
-    for a in range(0, kl_cols.size, chunk):
-        d = delta[a : a + chunk]  # [c]
-        e = torch.exp(u[:, :, None] * (-d)[None, None, :])  # [n, D, c] e^{-u delta}
-        kl = 0.5 * (u_sum * d[None, :] + e.sum(1) - dims
-                    + (coef2[a : a + chunk] * torch.exp(-log_bt[a : a + chunk]))[None, :]
-                    * torch.einsum("nd,ndc->nc", err2, e))
-        out[:, cols[a : a + d.shape[0]]] = kl
+    out[:, cols] = learned_range_kl(v.reshape(n, -1), err2, log_bt,
+                                    torch.as_tensor(c.log_beta, device=dev), coef2, chunk)
+    return out
+
+
+def column_costs(den: Denoiser, x0: torch.Tensor, t: int, s: np.ndarray, seed: int,
+                 stream: int, batch_size: int, device: torch.device | str = "cpu"
+                 ) -> torch.Tensor:
+    """The one Monte Carlo loop of cost tables and eval-bpd: per-example step costs at t.
+
+    For each batch of ``x0`` (``[n, ...]`` float64): x_t ~ q(x_t | x_0) with the noise of
+    (``stream``, ``seed``, t) (:func:`noise_for`), one network call, then
+    :func:`step_costs` of the steps t -> s for every s in ``s`` (``[m]``).
+    Returns ``[n, m]`` float64 nats on ``device``.
+    """
+    dev = torch.device(device)
+    cset = den.cset
+    n = x0.shape[0]
+    s = np.asarray(s, dtype=np.int64)
+    out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
+    eps = noise_for(t, seed, tuple(x0.shape), stream=stream)
+    for a in range(0, n, batch_size):
+        xb = x0[a : a + batch_size].to(dev)
+        tb = np.full(xb.shape[0], t, dtype=np.int64)
+        x_t = q_sample(cset.schedule, xb, tb, eps[a : a + batch_size].to(dev))
+        pred = den(x_t, tb)
+        out[a : a + xb.shape[0]] = step_costs(cset, t, s, xb, pred.x0_hat, pred.v)
     return out
 
 
@@ -175,8 +181,8 @@ def prior_costs(cset: CheckpointSet, x0: torch.Tensor, seed: int = 0,
         eps = noise_for(t, seed, tuple(x0.shape))  # the x_t of column t of L
         cols.append(aux_prior_nats(aux, cset.schedule, x0.cpu(), eps).to(cols[0]))
         times.append(t)
-    m, se = _mean_se(torch.stack(cols, 1))  # [len(times)] each
-    prior[times], prior_se[times] = m, se
+    m, se = mean_and_se(torch.stack(cols, 1))  # [len(times)] each
+    prior[times], prior_se[times] = m.cpu().numpy(), se.cpu().numpy()
     return prior, prior_se
 
 
@@ -191,20 +197,12 @@ def compute_columns(cset: CheckpointSet, x0: torch.Tensor, settings: CostSetting
     """
     den = Denoiser(cset, device=device)
     dev = torch.device(device)
-    n = x0.shape[0]
     todo = [t for t in times if not cols.done[t]]
     for k, t in enumerate(todo):
-        per = torch.empty((n, t), dtype=torch.float64, device=dev)
-        eps = noise_for(t, settings.seed, tuple(x0.shape))
-        for a in range(0, n, settings.batch_size):
-            xb = x0[a : a + settings.batch_size].to(dev)
-            tb = np.full(xb.shape[0], t, dtype=np.int64)
-            x_t = q_sample(cset.schedule, xb, tb, eps[a : a + settings.batch_size].to(dev))
-            pred = den(x_t, tb)
-            per[a : a + xb.shape[0]] = step_costs(cset, t, np.arange(t), xb, pred.x0_hat,
-                                                  pred.v)
-        m, se = _mean_se(per)
-        cols.L[:t, t], cols.L_se[:t, t] = m, se
+        per = column_costs(den, x0, t, np.arange(t), settings.seed, COST_STREAM,
+                           settings.batch_size, dev)
+        m, se = mean_and_se(per)
+        cols.L[:t, t], cols.L_se[:t, t] = m.cpu().numpy(), se.cpu().numpy()
         cols.done[t] = True
         if checkpoint is not None:
             checkpoint(cols)

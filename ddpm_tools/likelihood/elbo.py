@@ -18,15 +18,14 @@ tau_K uses (the eval noise stream).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ddpm_tools.core.diffusion import q_sample
-from ddpm_tools.core.gaussian import prior_kl
-from ddpm_tools.costs.estimate import EVAL_STREAM, noise_for, select_examples, step_costs
+from ddpm_tools.core.gaussian import nats_to_bpd, prior_kl
+from ddpm_tools.core.stats import mean_and_se
+from ddpm_tools.costs.estimate import EVAL_STREAM, column_costs, noise_for, select_examples
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.likelihood.ode import ODEEval, ODESettings, eval_ode
@@ -54,7 +53,8 @@ class ScheduleEval:
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    m, se = mean_and_se(x)
+    return float(m), float(se)
 
 
 def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np.ndarray]],
@@ -102,21 +102,14 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     for k, t in enumerate(sorted(uses)):
         pairs = uses[t]
         s_arr = np.array([s for _, s in pairs], dtype=np.int64)
-        eps = noise_for(t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)
-        cost = np.empty((n, len(pairs)))
-        for a in range(0, n, batch_size):
-            xb = x0_all[a : a + batch_size].to(dev)
-            tb = np.full(xb.shape[0], t, dtype=np.int64)
-            x_t = q_sample(cset.schedule, xb, tb, eps[a : a + batch_size].to(dev))
-            pred = den(x_t, tb)
-            cost[a : a + xb.shape[0]] = step_costs(cset, t, s_arr, xb, pred.x0_hat,
-                                                   pred.v).cpu().numpy()
+        cost = column_costs(den, x0_all, t, s_arr, seed, EVAL_STREAM, batch_size,
+                            dev).cpu().numpy()
         for col, (j, s) in enumerate(pairs):
             (decoder if s == 0 else steps)[j] += cost[:, col]
         report(progress, "eval-bpd (over t)", k + 1, len(uses))
 
     # 4. reduce: bits/dim with standard errors, paired differences to the first schedule
-    to_bpd = 1.0 / (dims * math.log(2.0))
+    to_bpd = float(nats_to_bpd(1.0, dims))
     totals = prior + steps + decoder
     out = []
     for j, (label, _) in enumerate(schedules):
