@@ -9,7 +9,15 @@ import numpy as np
 import typer
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    VarianceOpt,
+    console,
+    fmt,
+    print_json,
+    rich_progress,
+)
 from ddpm_tools.core.gaussian import nats_to_bpd
 from ddpm_tools.costs.build import CostTableRun, Shard, build_cost_table, merge_cost_tables
 from ddpm_tools.costs.estimate import CostSettings
@@ -40,7 +48,8 @@ def _summary(table: CostTable) -> dict[str, object]:
 
 def _print(run: CostTableRun, json_out: bool) -> None:
     info: dict[str, object] = {"out": str(run.path), "columns_done": run.columns_done,
-                               "columns_total": run.columns_total, "seconds": run.seconds}
+                               "columns_total": run.columns_total, "seconds": run.seconds,
+                               "clipped": list(run.clipped)}
     if run.table is not None:
         info.update(_summary(run.table))
     if json_out:
@@ -54,7 +63,11 @@ def _print(run: CostTableRun, json_out: bool) -> None:
     t = run.table
     full_bpd, prior_bpd = _full_chain_bpd(t)
     console.print(f"cost table written to {run.path} ({run.seconds:.1f} s): T = {t.T}, "
-                  f"{t.n_samples} examples of the {t.split} split")
+                  f"{t.n_samples} examples of the {t.split} split, {t.variance} variance")
+    if run.clipped:
+        console.print(f"  {t.variance} variance: the statistic was clipped at "
+                      f"{len(run.clipped)} times t (first t = {run.clipped[0]}); the network "
+                      "is badly fitted there")
     console.print(f"  full chain (all T steps): {fmt(full_bpd)} bits/dim predicted, of which "
                   f"prior {fmt(prior_bpd)}")
     console.print("  next: ddpm-tools optimize-schedule --costs "
@@ -79,6 +92,7 @@ def cost_table_cmd(
     shard: Annotated[str | None, typer.Option(help="Compute shard i/n of the columns t "
                                                    "(t = i+1, i+1+n, ...); merge later.")
                      ] = None,
+    variance: VarianceOpt = "trained",
     json_out: JsonOpt = False,
 ) -> None:
     """Build the KL cost table of a set: exactly T network calls per example.
@@ -99,7 +113,8 @@ def cost_table_cmd(
     dev = str(resolve_device(device))
     with rich_progress(enabled=not json_out) as progress:
         run = build_cost_table(cset, split_data, out, settings, device=dev, resume=resume,
-                               shard=Shard.parse(shard) if shard else None, progress=progress)
+                               shard=Shard.parse(shard) if shard else None, progress=progress,
+                               variance=variance)
     _print(run, json_out)
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import (
+    VARIANCE_HELP,
     DeviceOpt,
     JsonOpt,
     console,
@@ -25,7 +26,13 @@ from ddpm_tools.device import resolve_device
 from ddpm_tools.likelihood.elbo import ScheduleEval, eval_likelihood
 from ddpm_tools.likelihood.ode import ODESettings
 from ddpm_tools.sampling.sample_file import SampleRun, draw_samples
-from ddpm_tools.schedules.spec import SPEC_HELP, CostSource, resolve_schedule
+from ddpm_tools.schedules.spec import (
+    SPEC_HELP,
+    CostSource,
+    fit_variance,
+    pick_variance,
+    resolve_schedule,
+)
 from ddpm_tools.sets import load_set
 
 TableSamplesOpt = Annotated[int, typer.Option(
@@ -58,6 +65,8 @@ def eval_bpd_cmd(
     probes: Annotated[int, typer.Option(
         min=1, help="--method ode: Hutchinson probes per example when D > 16 (exact "
                     "divergence otherwise).")] = 1,
+    variance: Annotated[str | None, typer.Option(
+        help=VARIANCE_HELP + " Default: the schedule file's, else trained.")] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -72,21 +81,27 @@ def eval_bpd_cmd(
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
     split_data = load_data(data, split, seed=seed)
-    source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
+    source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs,
+                        pick_variance(variance, schedule or []))
     with rich_progress(enabled=not json_out) as progress:
         scheds = [resolve_schedule(s, set_dir, cset.T, source, progress)
                   for s in schedule or []]
         res = eval_likelihood(cset, split_data, scheds, method=method, samples=samples,
                               seed=seed, batch_size=batch_size, device=dev,
                               ode=ODESettings(steps=ode_steps, probes=probes,
-                                              batch_size=batch_size), progress=progress)
+                                              batch_size=batch_size), progress=progress,
+                              variance=fit_variance(set_dir, source, progress))
     results = res.elbo
     if json_out:
         elbo = [_eval_json(r) for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
-    _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}); "
-                          "± is one standard error")
+    _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}, "
+                          f"{res.variance} variance); ± is one standard error")
+    if res.clipped:
+        console.print(f"{res.variance} variance: the statistic was clipped at "
+                      f"{len(res.clipped)} times t (first t = {res.clipped[0]}); the network "
+                      "is badly fitted there")
     if res.ode is not None:
         o = res.ode
         console.print(f"probability-flow ODE: {fmt_se(o.bpd, o.bpd_se)} bits/dim (RK4, "
@@ -128,6 +143,8 @@ def sample_cmd(
     table_samples: TableSamplesOpt = 512,
     costs: CostsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise; same seed, same samples.")] = 0,
+    variance: Annotated[str | None, typer.Option(
+        help=VARIANCE_HELP + " Default: the schedule file's, else trained.")] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -135,11 +152,13 @@ def sample_cmd(
     cset = load_set(set_dir)
     dev = str(resolve_device(device))
     source = CostSource(data or cset.manifest.data.name,
-                        CostSettings(samples=table_samples, seed=seed), dev, costs)
+                        CostSettings(samples=table_samples, seed=seed), dev, costs,
+                        pick_variance(variance, [schedule]))
     with rich_progress(enabled=not json_out) as progress:
         label, tau = resolve_schedule(schedule, set_dir, cset.T, source, progress)
         run = draw_samples(cset, label, tau, n, out, grid=grid, eta=eta, seed=seed,
-                           device=dev, progress=progress)
+                           device=dev, progress=progress,
+                           variance=fit_variance(set_dir, source, progress))
     _print_sample(run, json_out)
 
 

@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cli.common import (
+    VARIANCE_HELP,
+    DeviceOpt,
+    JsonOpt,
+    console,
+    fmt,
+    print_json,
+    rich_progress,
+)
 from ddpm_tools.costs.build import cached_cost_table
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.costs.table_file import read_cost_table
@@ -50,6 +58,8 @@ def optimize_schedule_cmd(
         "--truncate", help="Let the DP also choose the start time among the set's auxiliary "
                            "priors (train-prior); reports the untruncated optimum next to it. "
                            "Default: every schedule starts at T.")] = False,
+    variance: Annotated[str, typer.Option(
+        help="With --set: " + VARIANCE_HELP)] = "trained",
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -75,7 +85,8 @@ def optimize_schedule_cmd(
             assert set_dir is not None and data is not None
             _, costs = cached_cost_table(set_dir, data, "train",
                                          CostSettings(samples=samples, seed=seed),
-                                         device=str(resolve_device(device)), progress=progress)
+                                         device=str(resolve_device(device)), progress=progress,
+                                         variance=variance)
         table = read_cost_table(costs)
         source: dict[str, str | int | float] = {
             "costs": str(costs), "costs_sha256": sha256_file(costs)}

@@ -27,6 +27,10 @@ err_console = Console(stderr=True)
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed; same seed, same numbers.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+VARIANCE_HELP = ("Reverse variance of the steps: trained (the set's own), fixed_small, "
+                 "fixed_large, analytic (Bao et al. 2022) or mse (the train-split x0 error); "
+                 "analytic and mse are fitted on the set's train-split cost table.")
+VarianceOpt = Annotated[str, typer.Option("--variance", help=VARIANCE_HELP)]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda or cuda:N.")
 ]

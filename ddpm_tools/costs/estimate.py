@@ -29,6 +29,7 @@ from ddpm_tools.core.diffusion import posterior_coeffs, q_sample, step_log_varia
 from ddpm_tools.core.gaussian import prior_kl
 from ddpm_tools.core.kl import decoder_cost, fixed_variance_kl, learned_range_kl
 from ddpm_tools.core.stats import mean_and_se
+from ddpm_tools.core.variances import StepVariance
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.model import AuxPrior
@@ -56,17 +57,27 @@ class CostColumns:
     """Per-time results: column t of L (mean and standard error over examples).
 
     Shapes: ``L``, ``L_se``: [T+1, T+1] float64 (entries s >= t unused, +inf);
-    ``done``: [T+1] bool, which columns t are computed.
+    ``gamma``, ``gamma_se``, ``mse``, ``mse_se``: [T+1] float64, the per-t statistics
+    E||eps_hat||^2 / D and E||x_0 - x0_hat||^2 / D with standard errors (entry 0 and
+    columns not done: 0); ``done``: [T+1] bool, which columns t are computed.
     """
 
     L: np.ndarray
     L_se: np.ndarray
     done: np.ndarray
+    gamma: np.ndarray
+    gamma_se: np.ndarray
+    mse: np.ndarray
+    mse_se: np.ndarray
+
+    STATS = ("gamma", "gamma_se", "mse", "mse_se")  # names of the [T+1] statistics
 
     @classmethod
     def empty(cls, T: int) -> CostColumns:
         L = np.full((T + 1, T + 1), np.inf)
-        return cls(L=L, L_se=np.zeros_like(L), done=np.zeros(T + 1, dtype=bool))
+        z = np.zeros(T + 1)
+        return cls(L=L, L_se=np.zeros_like(L), done=np.zeros(T + 1, dtype=bool),
+                   gamma=z.copy(), gamma_se=z.copy(), mse=z.copy(), mse_se=z.copy())
 
 
 def select_examples(data: DataSplit, samples: int, seed: int) -> torch.Tensor:
@@ -90,16 +101,19 @@ def noise_for(t: int, seed: int, shape: tuple[int, ...], stream: int = COST_STRE
 
 
 def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
-               x0_hat: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+               x0_hat: torch.Tensor, v: torch.Tensor | None,
+               variance: StepVariance | None = None) -> torch.Tensor:
     """Per-example costs of the steps t -> s for each s in ``s``: ``[n, len(s)]`` nats.
 
     ``x0``, ``x0_hat``, ``v``: ``[n, ...]`` float64 on one device (x0_hat, v from the
     network at x_t). Where s = 0 the cost is the decoder -log p(x_0 | x_t) (its variance
     depends on t alone, docs/DESIGN.md); where s >= 1 it is KL(q(x_s|x_t,x_0) || p(x_s|x_t)),
-    summed over dimensions (:mod:`ddpm_tools.core.kl`).
+    summed over dimensions (:mod:`ddpm_tools.core.kl`). ``variance``: the reverse
+    variance (:class:`~ddpm_tools.core.variances.StepVariance`); None: the set's own.
     """
     man = cset.manifest
     sch = man.schedule
+    var = variance or StepVariance(man.variance)
     s = np.asarray(s, dtype=np.int64)
     n = x0.shape[0]
     dims = int(np.prod(x0.shape[1:]))
@@ -107,13 +121,13 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
     dec = np.flatnonzero(s == 0)
     if dec.size:
-        small, large = step_log_variance_bounds(sch, 0, t)
         lv: torch.Tensor | float
-        if man.variance == "learned_range":
+        if var.kind == "learned_range":
             assert v is not None
+            small, large = step_log_variance_bounds(sch, 0, t)
             lv = v * float(large) + (1 - v) * float(small)
         else:
-            lv = float(small if man.variance == "fixed_small" else large)
+            lv = var.decoder_log_var(sch, t)
         out[:, dec] = decoder_cost(x0, x0_hat, lv, man.data.levels)[:, None]
     kl_cols = np.flatnonzero(s > 0)
     if kl_cols.size == 0:
@@ -123,42 +137,71 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     coef2 = torch.as_tensor(c.coef_x0**2, device=dev)  # [m]
     log_bt = torch.as_tensor(c.log_beta_tilde, device=dev)
     cols = torch.as_tensor(kl_cols, device=dev)
-    if man.variance != "learned_range":
-        log_s2 = torch.as_tensor(c.log_beta_tilde if man.variance == "fixed_small"
-                                 else c.log_beta, device=dev)
+    if var.kind != "learned_range":
+        log_s2 = torch.as_tensor(var.log_sigma2(sch, s[kl_cols], t), device=dev)
         out[:, cols] = fixed_variance_kl(dims, log_bt, log_s2, coef2,
                                          err2.sum(1, keepdim=True))
         return out
-    assert v is not None
+    if v is None:
+        raise BadInputError(f"the set at {cset.path} predicts no variance; choose another "
+                            "--variance than learned_range")
     chunk = max(1, CHUNK_ELEMENTS // max(1, n * dims))
     out[:, cols] = learned_range_kl(v.reshape(n, -1), err2, log_bt,
                                     torch.as_tensor(c.log_beta, device=dev), coef2, chunk)
     return out
 
 
+@dataclass
+class ColumnResult:
+    """What one time t of the Monte Carlo loop gives, per example (float64, on the device)."""
+
+    costs: torch.Tensor  # [n, m] nats of the steps t -> s
+    eps2: torch.Tensor  # [n] ||eps_hat(x_t, t)||^2 / D (for Gamma_t, Analytic-DPM)
+    err2: torch.Tensor  # [n] ||x_0 - x0_hat(x_t)||^2 / D (for m_t / D, the mse variance)
+
+
+VarianceAt = Callable[[int, torch.Tensor, torch.Tensor], StepVariance]
+
+
 def column_costs(den: Denoiser, x0: torch.Tensor, t: int, s: np.ndarray, seed: int,
-                 stream: int, batch_size: int, device: torch.device | str = "cpu"
-                 ) -> torch.Tensor:
+                 stream: int, batch_size: int, device: torch.device | str = "cpu",
+                 variance: StepVariance | VarianceAt | None = None) -> ColumnResult:
     """The one Monte Carlo loop of cost tables and eval-bpd: per-example step costs at t.
 
-    For each batch of ``x0`` (``[n, ...]`` float64): x_t ~ q(x_t | x_0) with the noise of
-    (``stream``, ``seed``, t) (:func:`noise_for`), one network call, then
-    :func:`step_costs` of the steps t -> s for every s in ``s`` (``[m]``).
-    Returns ``[n, m]`` float64 nats on ``device``.
+    1. for each batch of ``x0`` (``[n, ...]`` float64): x_t ~ q(x_t | x_0) with the noise
+       of (``stream``, ``seed``, t) (:func:`noise_for`) and one network call;
+    2. the per-example statistics ||eps_hat||^2 / D and ||x_0 - x0_hat||^2 / D;
+    3. :func:`step_costs` of the steps t -> s for every s in ``s`` (``[m]``), per batch.
+    ``variance``: a fixed :class:`StepVariance`, or a function ``(t, eps2, err2) ->
+    StepVariance`` fitting it on this column's own statistics (cost tables with
+    --variance analytic/mse); None: the set's own.
     """
     dev = torch.device(device)
     cset = den.cset
     n = x0.shape[0]
+    dims = int(np.prod(x0.shape[1:]))
     s = np.asarray(s, dtype=np.int64)
-    out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
     eps = noise_for(t, seed, tuple(x0.shape), stream=stream)
+    eps2 = torch.empty(n, dtype=torch.float64, device=dev)
+    err2 = torch.empty(n, dtype=torch.float64, device=dev)
+    preds = []
     for a in range(0, n, batch_size):
         xb = x0[a : a + batch_size].to(dev)
         tb = np.full(xb.shape[0], t, dtype=np.int64)
         x_t = q_sample(cset.schedule, xb, tb, eps[a : a + batch_size].to(dev))
         pred = den(x_t, tb)
-        out[a : a + xb.shape[0]] = step_costs(cset, t, s, xb, pred.x0_hat, pred.v)
-    return out
+        b = xb.shape[0]
+        assert pred.eps_hat is not None
+        eps2[a : a + b] = (pred.eps_hat.reshape(b, -1) ** 2).sum(1) / dims
+        err2[a : a + b] = ((xb - pred.x0_hat).reshape(b, -1) ** 2).sum(1) / dims
+        preds.append((xb, pred))
+    var = variance(t, eps2, err2) if callable(variance) else variance
+    out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
+    a = 0
+    for xb, pred in preds:
+        out[a : a + xb.shape[0]] = step_costs(cset, t, s, xb, pred.x0_hat, pred.v, var)
+        a += xb.shape[0]
+    return ColumnResult(out, eps2, err2)
 
 
 def prior_costs(cset: CheckpointSet, x0: torch.Tensor, seed: int = 0,
@@ -189,19 +232,35 @@ def prior_costs(cset: CheckpointSet, x0: torch.Tensor, seed: int = 0,
 def compute_columns(cset: CheckpointSet, x0: torch.Tensor, settings: CostSettings,
                     times: list[int], cols: CostColumns, device: torch.device | str = "cpu",
                     progress: ProgressFn | None = None,
-                    checkpoint: Callable[[CostColumns], None] | None = None) -> CostColumns:
+                    checkpoint: Callable[[CostColumns], None] | None = None,
+                    variance: str | None = None) -> CostColumns:
     """Fill ``cols`` for each t in ``times`` not yet done: one network call per example.
 
-    ``checkpoint``, if given, is called as ``checkpoint(cols)`` after every column
-    (the caller decides how often to write it).
+    ``variance``: the reverse variance of the table (fixed_small, fixed_large,
+    learned_range, analytic, mse; None: the set's own); analytic and mse are fitted on
+    each column's own statistics (:mod:`ddpm_tools.core.variances`), which are stored in
+    ``cols`` for every variance. ``checkpoint``, if given, is called as
+    ``checkpoint(cols)`` after every column (the caller decides how often to write it).
     """
     den = Denoiser(cset, device=device)
     dev = torch.device(device)
+    kind = variance or cset.manifest.variance
+    T = cset.T
+
+    def fitted(t: int, eps2: torch.Tensor, err2: torch.Tensor) -> StepVariance:
+        for name, per in (("gamma", eps2), ("mse", err2)):
+            m, se = mean_and_se(per)
+            getattr(cols, name)[t], getattr(cols, name + "_se")[t] = float(m), float(se)
+        gamma = np.zeros(T + 1)
+        mse = np.zeros(T + 1)
+        gamma[t], mse[t] = cols.gamma[t], cols.mse[t]
+        return StepVariance.fit(kind, cset.schedule, gamma, mse)
+
     todo = [t for t in times if not cols.done[t]]
     for k, t in enumerate(todo):
-        per = column_costs(den, x0, t, np.arange(t), settings.seed, COST_STREAM,
-                           settings.batch_size, dev)
-        m, se = mean_and_se(per)
+        res = column_costs(den, x0, t, np.arange(t), settings.seed, COST_STREAM,
+                           settings.batch_size, dev, variance=fitted)
+        m, se = mean_and_se(res.costs)
         cols.L[:t, t], cols.L_se[:t, t] = m.cpu().numpy(), se.cpu().numpy()
         cols.done[t] = True
         if checkpoint is not None:

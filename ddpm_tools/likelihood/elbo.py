@@ -25,6 +25,7 @@ import torch
 
 from ddpm_tools.core.gaussian import nats_to_bpd, prior_kl
 from ddpm_tools.core.stats import mean_and_se
+from ddpm_tools.core.variances import StepVariance
 from ddpm_tools.costs.estimate import EVAL_STREAM, column_costs, noise_for, select_examples
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
@@ -59,13 +60,15 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
 
 def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np.ndarray]],
              samples: int | None = None, seed: int = 0, batch_size: int = 256,
-             device: torch.device | str = "cpu", progress: ProgressFn | None = None
-             ) -> list[ScheduleEval]:
+             device: torch.device | str = "cpu", progress: ProgressFn | None = None,
+             variance: StepVariance | None = None) -> list[ScheduleEval]:
     """Evaluate every schedule on the same examples and noise; see the module docstring.
 
     ``schedules``: (label, timesteps [K+1]) pairs, each 0 = tau_0 < ... < tau_K, with
     tau_K = T or a time where the set has an auxiliary prior (else BadInputError).
     ``samples``: examples of the split used (None: all of them).
+    ``variance``: the reverse variance of every step (None: the set's own), for analytic
+    and mse fitted on the train split (:func:`ddpm_tools.schedules.spec.fit_variance`).
     """
     if not schedules:
         raise BadInputError("give at least one --schedule")
@@ -102,8 +105,8 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     for k, t in enumerate(sorted(uses)):
         pairs = uses[t]
         s_arr = np.array([s for _, s in pairs], dtype=np.int64)
-        cost = column_costs(den, x0_all, t, s_arr, seed, EVAL_STREAM, batch_size,
-                            dev).cpu().numpy()
+        cost = column_costs(den, x0_all, t, s_arr, seed, EVAL_STREAM, batch_size, dev,
+                            variance).costs.cpu().numpy()
         for col, (j, s) in enumerate(pairs):
             (decoder if s == 0 else steps)[j] += cost[:, col]
         report(progress, "eval-bpd (over t)", k + 1, len(uses))
@@ -133,13 +136,16 @@ class LikelihoodEval:
     method: str  # "elbo" or "ode"
     elbo: list[ScheduleEval]  # negative ELBO per schedule (always computed)
     ode: ODEEval | None  # probability-flow ODE bits/dim (method "ode"), same examples
+    variance: str = ""  # the reverse variance used (fixed_small, ..., analytic, mse)
+    clipped: tuple[int, ...] = ()  # times t whose analytic/mse statistic was clipped
 
 
 def eval_likelihood(cset: CheckpointSet, data: DataSplit,
                     schedules: list[tuple[str, np.ndarray]], method: str = "elbo",
                     samples: int | None = None, seed: int = 0, batch_size: int = 256,
                     device: torch.device | str = "cpu", ode: ODESettings = ODESettings(),
-                    progress: ProgressFn | None = None) -> LikelihoodEval:
+                    progress: ProgressFn | None = None,
+                    variance: StepVariance | None = None) -> LikelihoodEval:
     """:func:`eval_bpd` of ``schedules``; with ``method="ode"`` also the probability-flow
     ODE bits/dim (:func:`ddpm_tools.likelihood.ode.eval_ode`) on the same examples, and the full
     chain as the ELBO to compare with when no schedule is given."""
@@ -149,7 +155,9 @@ def eval_likelihood(cset: CheckpointSet, data: DataSplit,
     if method == "ode" and not schedules:
         schedules = [("full", np.arange(cset.T + 1, dtype=np.int64))]
     elbo = eval_bpd(cset, data, schedules, samples=samples, seed=seed,
-                    batch_size=batch_size, device=device, progress=progress)
+                    batch_size=batch_size, device=device, progress=progress,
+                    variance=variance)
     flow = (eval_ode(cset, data, samples=samples, seed=seed, settings=ode, device=device,
                      progress=progress) if method == "ode" else None)
-    return LikelihoodEval(method, elbo, flow)
+    var = variance or StepVariance(cset.manifest.variance)
+    return LikelihoodEval(method, elbo, flow, var.kind, var.clipped)
