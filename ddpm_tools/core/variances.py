@@ -22,13 +22,15 @@ each step's KL stays a closed form of (s, t) and the DP over the table stays exa
 
 Decoder (t -> 0; its variance depends on t = tau_1 alone, so the DP stays exact):
 * analytic: sigma^2 = c_t, Theorem 1 at s = 0 (beta_tilde_{t|0} = 0, coef_x0 = 1): the
-  estimate of E Var[x_0 | x_t] itself; at t = 1 exactly Analytic-DPM's last step. It is
-  floored at MIN_DECODER_VARIANCE so that a clipped c_t = 0 never gives a zero variance.
+  estimate of E Var[x_0 | x_t] itself; at t = 1 exactly Analytic-DPM's last step. Where
+  the clip made c_t = 0 (Gamma_t >= 1) the fixed_small decoder variance small(t) is used
+  instead of a zero variance (a reported clip).
 * mse: sigma^2 = max(m_t / D, small(t)), the mse of x0_hat (the decoder's own mean) clipped
   below by the fixed_small decoder variance (:func:`decoder_log_variance_bounds`).
 
 A statistic that is non-finite (a badly fitted network) is replaced by the upper clip
-(c_t = 1, the variance of data in [-1, 1] at most); every clipped t is reported.
+(c_t = 1, the variance of data in [-1, 1] at most); such t and those with Gamma_t > 1 are
+reported (``StepVariance.clipped``).
 Statistics arrays are ``[T+1]`` float64 (entry 0 unused).
 """
 
@@ -44,7 +46,6 @@ from ddpm_tools.errors import BadInputError
 
 VARIANCES: tuple[str, ...] = ("trained", "fixed_small", "fixed_large", "analytic", "mse")
 STAT_VARIANCES: tuple[str, ...] = ("analytic", "mse")  # need gamma / mse statistics
-MIN_DECODER_VARIANCE = 1e-12  # analytic decoder floor where c_t is clipped to 0
 MAX_X0_VARIANCE = 1.0  # upper clip of c_t (Bao et al.'s released code clips to [0, 1])
 
 
@@ -61,7 +62,8 @@ def resolve_variance(requested: str | None, trained: str) -> str:
 def analytic_x0_variance(schedule: NoiseSchedule, gamma: np.ndarray
                          ) -> tuple[np.ndarray, list[int]]:
     """c_t = clip((1 - alpha_bar_t)/alpha_bar_t (1 - Gamma_t), 0, 1), ``[T+1]``; and the
-    times t >= 1 where the clip (or a non-finite Gamma_t) changed the value.
+    times t >= 1 where Gamma_t > 1 (c_t clipped to 0) or Gamma_t is not finite (c_t = 1):
+    a badly fitted network. The upper clip at large t is routine and not reported.
 
     Bao et al. 2022, Theorem 1 / their ``_e_cov_x0`` with ``clip_cov_x0``.
     """
@@ -83,7 +85,7 @@ def mse_x0_variance(mse: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 def _clip(raw: np.ndarray) -> tuple[np.ndarray, list[int]]:
     c = np.where(np.isfinite(raw), np.clip(raw, 0.0, MAX_X0_VARIANCE), MAX_X0_VARIANCE)
-    changed = ~np.isfinite(raw) | (raw < 0.0) | (raw > MAX_X0_VARIANCE)
+    changed = ~np.isfinite(raw) | (raw < 0.0)  # the upper clip is routine at large t
     changed[0] = False
     return c, np.flatnonzero(changed).tolist()
 
@@ -136,6 +138,7 @@ class StepVariance:
             return large
         if self.x0_var is None:
             raise BadInputError(f"variance {self.kind} has no isotropic closed form")
+        c = float(self.x0_var[t])
         if self.kind == "analytic":
-            return float(np.log(max(float(self.x0_var[t]), MIN_DECODER_VARIANCE)))
-        return float(max(np.log(max(float(self.x0_var[t]), MIN_DECODER_VARIANCE)), small))
+            return float(np.log(c)) if c > 0.0 else small
+        return max(float(np.log(c)), small) if c > 0.0 else small
