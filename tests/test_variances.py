@@ -200,3 +200,36 @@ def test_cli_optimize_eval_sample_with_variance(tiny_set_2d, tmp_path):
     res = r.invoke(app, ["cost-table", *base, "--data", "8gaussians", "--samples", "16",
                          "--variance", "bogus", "--out", str(tmp_path / "c.safetensors")])
     assert res.exit_code == 2 and "unknown --variance" in res.output
+
+
+def test_v_prediction_gamma_and_shards_keep_the_statistics(tmp_path):
+    """A v-prediction set: Gamma_t is the mean ||eps_hat||^2 / D with eps_hat from x0_hat;
+    shards merged give the statistics of one run."""
+    from conftest import make_trained_set
+
+    from ddpm_tools.costs.build import Shard, merge_cost_tables
+    from ddpm_tools.models import MLPConfig
+
+    path = make_trained_set(tmp_path / "v", T=8, steps=10, prediction="v",
+                            arch_config=MLPConfig(hidden=16, depth=1, time_dim=8))
+    cset = load_set(path)
+    data = load_data("8gaussians", "train", seed=0)
+    s = CostSettings(samples=16, seed=SEED)
+    whole = build_cost_table(cset, data, tmp_path / "w.safetensors", s, variance="mse").table
+    x0 = select_examples(data, 16, SEED)
+    ab = cset.schedule.alpha_bar
+    den = Denoiser(cset)
+    for t in (1, 4, 8):
+        xt = math.sqrt(ab[t]) * x0 + math.sqrt(1 - ab[t]) * noise_for(t, SEED, tuple(x0.shape))
+        v = den.raw(xt, np.full(16, t))
+        x0_hat = math.sqrt(ab[t]) * xt - math.sqrt(1 - ab[t]) * v  # Salimans & Ho 2022
+        eps_hat = (xt - math.sqrt(ab[t]) * x0_hat) / math.sqrt(1 - ab[t])
+        assert whole.gamma[t] == pytest.approx(float((eps_hat**2).mean()), rel=1e-9)
+        assert whole.mse[t] == pytest.approx(float(((x0 - x0_hat) ** 2).mean()), rel=1e-9)
+    parts = [tmp_path / f"p{i}.safetensors" for i in range(2)]
+    for i, p in enumerate(parts):
+        build_cost_table(cset, data, p, s, shard=Shard(i, 2), variance="mse")
+    merged = merge_cost_tables(parts, tmp_path / "m.safetensors")
+    for k in ("gamma", "gamma_se", "mse", "mse_se", "L"):
+        np.testing.assert_array_equal(getattr(merged, k), getattr(whole, k))
+    assert merged.variance == "mse"

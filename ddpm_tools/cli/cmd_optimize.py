@@ -69,6 +69,9 @@ def optimize_schedule_cmd(
     if (set_dir is None) != (data is None):
         raise BadInputError("--set and --data go together: the table is built from the set "
                             "on that data")
+    if costs is not None and variance != "trained":
+        raise BadInputError("--variance goes with --set; a --costs table already has its "
+                            "variance (build it with cost-table --variance)")
     if (costs is None) == (set_dir is None):
         raise BadInputError("pass either --costs FILE (written by cost-table) or --set DIR "
                             "--data NAME, exactly one of the two")
