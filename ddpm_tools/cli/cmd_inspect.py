@@ -47,6 +47,7 @@ def _table_info(t: CostTable) -> dict[str, Any]:
             "seed": t.seed, "variance": t.variance, "data": t.data,
             "set_sha256": t.set_sha256, "version": t.version,
             "standard_errors": t.L_se is not None,
+            "variance_statistics": t.has_stats,  # gamma / mse for --variance analytic, mse
             "prior_finite_at": starts.tolist(),
             "full_chain_bpd": predicted_bpd(t, np.arange(t.T + 1))}
 
