@@ -194,12 +194,12 @@ def column_costs(den: Denoiser, x0: torch.Tensor, t: int, s: np.ndarray, seed: i
         assert pred.eps_hat is not None
         eps2[a : a + b] = (pred.eps_hat.reshape(b, -1) ** 2).sum(1) / dims
         err2[a : a + b] = ((xb - pred.x0_hat).reshape(b, -1) ** 2).sum(1) / dims
-        preds.append((xb, pred))
+        preds.append((xb, pred.x0_hat, pred.v))  # eps_hat is no longer needed
     var = variance(t, eps2, err2) if callable(variance) else variance
     out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
     a = 0
-    for xb, pred in preds:
-        out[a : a + xb.shape[0]] = step_costs(cset, t, s, xb, pred.x0_hat, pred.v, var)
+    for xb, x0_hat, v in preds:
+        out[a : a + xb.shape[0]] = step_costs(cset, t, s, xb, x0_hat, v, var)
         a += xb.shape[0]
     return ColumnResult(out, eps2, err2)
 
