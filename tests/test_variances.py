@@ -190,6 +190,7 @@ def test_cli_optimize_eval_sample_with_variance(tiny_set_2d, tmp_path):
     assert res.exit_code == 2 and "optimized for the mse variance" in res.output
     res = r.invoke(app, [*ev, "--schedule", "dp:4", "--variance", "analytic", "--json"])
     assert res.exit_code == 0, res.output
+    assert json.loads(res.output)[0]["variance"] == "analytic"
     out = tmp_path / "x.npz"
     res = r.invoke(app, ["sample", *base, "--schedule", str(sched), "--n", "8",
                          "--out", str(out), "--table-samples", "32"])

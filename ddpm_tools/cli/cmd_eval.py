@@ -93,7 +93,7 @@ def eval_bpd_cmd(
                               variance=fit_variance(set_dir, source, progress))
     results = res.elbo
     if json_out:
-        elbo = [_eval_json(r) for r in results]
+        elbo = [{**_eval_json(r), "variance": res.variance} for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
     _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}, "
