@@ -134,6 +134,19 @@ def test_variance_decoders_depend_on_t_alone_and_mse_floor(tiny_set_digits):
     assert ana.decoder_log_var(sch, 1) == pytest.approx(want, rel=1e-12)
 
 
+def test_variance_names_resolve_against_the_sets_own():
+    from ddpm_tools.core.variances import resolve_variance
+
+    assert resolve_variance(None, "learned_range") == "learned_range"
+    assert resolve_variance("trained", "fixed_large") == "fixed_large"
+    assert resolve_variance("learned_range", "learned_range") == "learned_range"  # a file's
+    assert resolve_variance("mse", "learned_range") == "mse"
+    with pytest.raises(BadInputError, match="trained with fixed_small"):
+        resolve_variance("learned_range", "fixed_small")
+    with pytest.raises(BadInputError, match="unknown --variance"):
+        resolve_variance("big", "fixed_small")
+
+
 def test_bad_statistics_are_clipped_and_reported_never_nan(tiny_set_digits):
     cset = load_set(tiny_set_digits)
     sch, T = cset.schedule, cset.T

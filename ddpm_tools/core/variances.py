@@ -50,9 +50,17 @@ MAX_X0_VARIANCE = 1.0  # upper clip of c_t (Bao et al.'s released code clips to 
 
 
 def resolve_variance(requested: str | None, trained: str) -> str:
-    """The variance kind actually used: ``trained`` (or None) -> the set's own type."""
-    if requested is None or requested == "trained":
+    """The variance kind actually used: ``trained`` (or None) -> the set's own type.
+
+    ``requested`` may also name the set's own type (``learned_range`` as schedule files
+    record it for a learned-range set).
+    """
+    if requested is None or requested == "trained" or requested == trained:
         return trained
+    if requested == "learned_range":
+        raise BadInputError(f"the learned_range variance needs a set trained with it (this one "
+                            f"was trained with {trained}); choose --variance trained, "
+                            "fixed_small, fixed_large, analytic or mse")
     if requested not in VARIANCES:
         raise BadInputError(f"unknown --variance {requested!r}; choose one of "
                             + ", ".join(VARIANCES))
