@@ -44,7 +44,7 @@ from _common import (
     yes_no,
 )
 
-from ddpm_tools.core.gaussian import discretized_gaussian_log_likelihood
+from ddpm_tools.core.gaussian import discretized_gaussian_log_likelihood, nats_to_bpd
 from ddpm_tools.core.strides import even_stride
 from ddpm_tools.costs.estimate import EVAL_STREAM, noise_for, select_examples
 from ddpm_tools.data import DataSplit, load_data
@@ -163,7 +163,7 @@ def calc_bpd_loop(cset: CheckpointSet, data: DataSplit, samples: int, seed: int,
 
 def loop_summary(nats: dict[str, np.ndarray], dims: int) -> dict[str, float]:
     """The loop's per-example nats as eval-bpd's numbers (bits/dim, standard error)."""
-    to_bpd = 1.0 / (dims * math.log(2.0))
+    to_bpd = float(nats_to_bpd(1.0, dims))
     total = (nats["prior"] + nats["steps"] + nats["decoder"]) * to_bpd
     return {"bpd": float(total.mean()),
             "bpd_se": float(total.std(ddof=1) / math.sqrt(len(total))),

@@ -29,7 +29,6 @@ standard error; biased up at small N: the "data" row scores N train images the s
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import torch
 from _common import base_parser, finish, machine, print_table, timed, torch_threads
 
 from ddpm_tools.core.dp import solve_schedules
+from ddpm_tools.core.gaussian import nats_to_bpd
 from ddpm_tools.costs.build import cached_cost_table
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.data import load_data
@@ -151,7 +151,7 @@ def evaluate_design(cset: CheckpointSet, sizes: Sizes, tmp: Path, seed: int
         path = tmp / f"{cset.path.name}-{label.replace(':', '')}.npz"
         draw_samples(cset, label, tau, sizes.n_samples, path, seed=seed)
         fds.append(frechet(path, seed))
-    to_bpd = 1.0 / (table.dims * math.log(2.0))
+    to_bpd = float(nats_to_bpd(1.0, table.dims))
     return {
         "full": {"bpd": full.bpd, "se": full.bpd_se, "n": full.n},
         "dp": {"K": sizes.K, "bpd": dp.bpd, "se": dp.bpd_se, "n": dp.n,

@@ -12,6 +12,7 @@ from ddpm_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
     PrecisionOpt,
+    VarianceOpt,
     console,
     fmt,
     print_json,
@@ -37,7 +38,8 @@ def _summary(s: TableSummary) -> dict[str, object]:
 def _print(report: CostTableReport, json_out: bool) -> None:
     run, summary = report.run, report.summary
     info: dict[str, object] = {"out": str(run.path), "columns_done": run.columns_done,
-                               "columns_total": run.columns_total, "seconds": run.seconds}
+                               "columns_total": run.columns_total, "seconds": run.seconds,
+                               "clipped": list(run.clipped)}
     if summary is not None:
         info.update(_summary(summary))
     if json_out:
@@ -50,7 +52,11 @@ def _print(report: CostTableReport, json_out: bool) -> None:
         return
     t = summary
     console.print(f"cost table written to {run.path} ({run.seconds:.1f} s): T = {t.T}, "
-                  f"{t.n_samples} examples of the {t.split} split")
+                  f"{t.n_samples} examples of the {t.split} split, {t.variance} variance")
+    if run.clipped:
+        console.print(f"  {t.variance} variance: the statistic was clipped at "
+                      f"{len(run.clipped)} times t (first t = {run.clipped[0]}); the network "
+                      "is badly fitted there")
     console.print(f"  full chain (all T steps): {fmt(t.full_chain_bpd)} bits/dim predicted, "
                   f"of which prior {fmt(t.prior_bpd)}")
     console.print("  next: ddpm-tools optimize-schedule --costs "
@@ -77,6 +83,7 @@ def cost_table_cmd(
              "auto: under torchrun every rank its share and rank 0 writes OUT, in a Slurm "
              "job array the task's shard.")] = None,
     precision: PrecisionOpt = "fp32",
+    variance: VarianceOpt = "trained",
     json_out: JsonOpt = False,
 ) -> None:
     """Build the KL cost table of a set: exactly T network calls per example.
@@ -90,7 +97,7 @@ def cost_table_cmd(
         run = run_cost_table(set_dir, data, out, split=split, device=device, resume=resume,
                              settings=CostSettings(samples=samples, batch_size=batch_size,
                                                    seed=seed, precision=precision),
-                             shard=shard, progress=progress)
+                             shard=shard, progress=progress, variance=variance)
     if is_main_process():  # under torchrun only rank 0 prints
         _print(run, json_out)
 

@@ -22,9 +22,15 @@ def demo_cmd(
     workers: Annotated[int, typer.Option(min=1, help="Training processes.")] = max(
         1, os.cpu_count() or 1),
     seed: Annotated[int, typer.Option(help="Seed of every stage.")] = 0,
+    variances: Annotated[bool, typer.Option(
+        "--variances", help="Also compare the reverse variances (trained, fixed_small, "
+                            "fixed_large, analytic, mse) on the digits sets, with digits "
+                            "sets trained with fixed_large too (adds several minutes).")
+    ] = False,
 ) -> None:
     """Train, build cost tables, optimize, evaluate and sample on digits and 8gaussians;
     write OUT/report.md with tables and pictures."""
     with rich_progress() as progress:
-        path = run_demo(DemoConfig(quick=quick, seed=seed, workers=workers), out, progress)
+        path = run_demo(DemoConfig(quick=quick, seed=seed, workers=workers,
+                                           variances=variances), out, progress)
     console.print(f"report written to {path}")

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import (
+    VARIANCE_HELP,
     DeviceOpt,
     JsonOpt,
     PrecisionOpt,
@@ -59,6 +60,8 @@ def eval_bpd_cmd(
     probes: Annotated[int, typer.Option(
         min=1, help="--method ode: Hutchinson probes per example when D > 16 (exact "
                     "divergence otherwise).")] = 1,
+    variance: Annotated[str | None, typer.Option(
+        help=VARIANCE_HELP + " Default: the schedule file's, else trained.")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
@@ -77,7 +80,8 @@ def eval_bpd_cmd(
                              table_samples=table_samples, costs=costs, batch_size=batch_size,
                              seed=seed, method=method, device=device, progress=progress,
                              ode=ODESettings(steps=ode_steps, probes=probes,
-                                             batch_size=batch_size), precision=precision)
+                                             batch_size=batch_size), precision=precision,
+                             variance=variance)
     if res.elbo:  # empty on the torchrun ranks other than 0: rank 0 prints
         _print_likelihood(res, f"{data} ({split} split", json_out)
 
@@ -85,11 +89,15 @@ def eval_bpd_cmd(
 def _print_likelihood(res: LikelihoodEval, where: str, json_out: bool) -> None:
     results = res.elbo
     if json_out:
-        elbo = [_eval_json(r) for r in results]
+        elbo = [{**_eval_json(r), "variance": res.variance} for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
-    _print_evals(results, f"bits/dim on {where}, n = {results[0].n}); "
-                          "± is one standard error")
+    _print_evals(results, f"bits/dim on {where}, n = {results[0].n}, "
+                          f"{res.variance} variance); ± is one standard error")
+    if res.clipped:
+        console.print(f"{res.variance} variance: the statistic was clipped at "
+                      f"{len(res.clipped)} times t (first t = {res.clipped[0]}); the network "
+                      "is badly fitted there")
     if res.ode is not None:
         o = res.ode
         console.print(f"probability-flow ODE: {fmt_se(o.bpd, o.bpd_se)} bits/dim (RK4, "
@@ -131,6 +139,8 @@ def sample_cmd(
     table_samples: TableSamplesOpt = 512,
     costs: CostsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise; same seed, same samples.")] = 0,
+    variance: Annotated[str | None, typer.Option(
+        help=VARIANCE_HELP + " Default: the schedule file's, else trained.")] = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -138,7 +148,7 @@ def sample_cmd(
     with rich_progress(enabled=not json_out) as progress:
         run = sample_schedule(set_dir, schedule, n, out, grid=grid, eta=eta, data=data,
                               table_samples=table_samples, costs=costs, seed=seed,
-                              device=device, progress=progress)
+                              device=device, progress=progress, variance=variance)
     _print_sample(run, json_out)
 
 

@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
+from ddpm_tools.cli.common import (
+    VARIANCE_HELP,
+    DeviceOpt,
+    JsonOpt,
+    console,
+    fmt,
+    print_json,
+    rich_progress,
+)
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.schedules.optimize import OptimizeResult
 from ddpm_tools.schedules.run import ScheduleRun, optimize_schedules
@@ -44,6 +52,8 @@ def optimize_schedule_cmd(
         "--truncate", help="Let the DP also choose the start time among the set's auxiliary "
                            "priors (train-prior); reports the untruncated optimum next to it. "
                            "Default: every schedule starts at T.")] = False,
+    variance: Annotated[str, typer.Option(
+        help="With --set: " + VARIANCE_HELP)] = "trained",
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
 ) -> None:
@@ -55,7 +65,7 @@ def optimize_schedule_cmd(
                                  set_dir=set_dir, data=data,
                                  settings=CostSettings(samples=samples, seed=seed),
                                  truncate=truncate, out=out, plot=plot, device=device,
-                                 progress=progress)
+                                 progress=progress, variance=variance)
     _print_run(run, out, json_out)
 
 

@@ -42,6 +42,10 @@ DeviceOpt = Annotated[str, typer.Option(
                      "each rank's own GPU.", callback=_device)]
 SetOpt = Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help=PRECISION_HELP)]
+VARIANCE_HELP = ("Reverse variance of the steps: trained (the set's own), fixed_small, "
+                 "fixed_large, analytic (Bao et al. 2022) or mse (the train-split x0 error); "
+                 "analytic and mse are fitted on the set's train-split cost table.")
+VarianceOpt = Annotated[str, typer.Option("--variance", help=VARIANCE_HELP)]
 
 
 def _clean(obj: Any) -> Any:

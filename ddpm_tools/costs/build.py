@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
+from ddpm_tools.core.variances import STAT_VARIANCES, StepVariance, resolve_variance
 from ddpm_tools.costs.estimate import (
     CostColumns,
     CostSettings,
@@ -72,18 +73,21 @@ class Shard:
         return [t for t in range(1, T + 1) if (t - 1) % self.count == self.index]
 
 
-def _meta(cset: CheckpointSet, data: DataSplit, s: CostSettings, n: int) -> dict[str, str]:
+def _meta(cset: CheckpointSet, data: DataSplit, s: CostSettings, n: int,
+          variance: str) -> dict[str, str]:
     return {"format": PARTIAL_FORMAT, "T": str(cset.T), "dims": str(data.dims),
             "n_samples": str(n), "split": data.split, "seed": str(s.seed),
-            "variance": cset.manifest.variance, "set_sha256": set_fingerprint(cset),
-            "data": data.name, "precision": s.precision,  # shards must not mix precisions
+            "variance": variance, "set_sha256": set_fingerprint(cset),
+            "data": data.name, "stats": "1",
+            "precision": s.precision,  # shards must not mix precisions
             "decoder": "continuous" if cset.manifest.data.levels is None else "discrete"}
 
 
 def _write_partial(path: Path, cols: CostColumns, prior: np.ndarray, prior_se: np.ndarray,
                    meta: dict[str, str]) -> None:
     arrays = {"L": cols.L, "L_se": cols.L_se, "done": cols.done.astype(np.uint8),
-              "prior": prior, "prior_se": prior_se}
+              "prior": prior, "prior_se": prior_se,
+              **{k: getattr(cols, k) for k in CostColumns.STATS}}
     atomic_write_safetensors(path, save(arrays, metadata={"ddpm_tools": json.dumps(meta)}))
 
 
@@ -92,7 +96,8 @@ def _read_partial(path: Path) -> tuple[CostColumns, np.ndarray, np.ndarray, dict
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads((f.metadata() or {}).get("ddpm_tools", "{}"))
             a = {k: f.get_tensor(k) for k in f.keys()}
-        cols = CostColumns(L=a["L"], L_se=a["L_se"], done=a["done"].astype(bool))
+        cols = CostColumns(L=a["L"], L_se=a["L_se"], done=a["done"].astype(bool),
+                           **{k: a[k] for k in CostColumns.STATS})
         prior, prior_se = a["prior"], a["prior_se"]
     except (SafetensorError, OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise BadInputError(f"{path} is not a partial cost table ({e}); delete it and rerun "
@@ -109,7 +114,8 @@ def _table(cols: CostColumns, prior: np.ndarray, prior_se: np.ndarray,
                      L_se=cols.L_se, prior_se=prior_se, n_samples=int(meta["n_samples"]),
                      split=meta["split"], seed=int(meta["seed"]), variance=meta["variance"],
                      set_sha256=meta["set_sha256"], data=meta["data"],
-                     decoder=meta.get("decoder"))
+                     decoder=meta.get("decoder"),
+                     **{k: getattr(cols, k) for k in CostColumns.STATS})
 
 
 @dataclass(frozen=True)
@@ -121,18 +127,21 @@ class CostTableRun:
     columns_done: int  # columns t computed in total
     columns_total: int  # columns t this run is responsible for
     seconds: float  # wall-clock time of this run
+    clipped: tuple[int, ...] = ()  # analytic/mse: times t whose statistic was clipped
 
 
 def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLike[str],
                      settings: CostSettings = CostSettings(), device: str = "cpu",
                      resume: bool = False, shard: Shard | None = None,
-                     progress: ProgressFn | None = None) -> CostTableRun:
+                     progress: ProgressFn | None = None, variance: str = "trained"
+                     ) -> CostTableRun:
     """Compute the table (or one shard of it) and write it atomically to ``out``.
 
     While running, partial results go to ``out + ".partial"`` every 30 s; with
     ``resume`` an existing partial file of the same set and settings is continued.
     A shard writes its partial file to ``out`` itself (merge them with
-    :func:`merge_cost_tables`).
+    :func:`merge_cost_tables`). ``variance`` (``--variance``): the reverse variance the
+    steps are costed with; analytic and mse are fitted on this table's own statistics.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -141,7 +150,8 @@ def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLik
         raise BadInputError(f"data {data.name} has shape {data.shape}, the set at {cset.path} "
                             f"was trained on {cset.manifest.data.shape}")
     x0 = select_examples(data, settings.samples, settings.seed)
-    meta = _meta(cset, data, settings, x0.shape[0])
+    kind = resolve_variance(variance, cset.manifest.variance)
+    meta = _meta(cset, data, settings, x0.shape[0], kind)
     times = (shard or Shard(0, 1)).times(cset.T)
     partial = out if shard is not None else out.with_name(out.name + ".partial")
     cols = CostColumns.empty(cset.T)
@@ -161,7 +171,8 @@ def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLik
 
     try:
         compute_columns(cset, x0.to(torch.device(device)), settings, times, cols,
-                        device=device, progress=progress, checkpoint=checkpoint)
+                        device=device, progress=progress, checkpoint=checkpoint,
+                        variance=kind)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every column computed so far
         _write_partial(partial, cols, prior, prior_se, meta)
         raise
@@ -173,7 +184,8 @@ def build_cost_table(cset: CheckpointSet, data: DataSplit, out: str | os.PathLik
     write_cost_table(out, table)
     if partial.exists():
         partial.unlink()
-    return CostTableRun(out, table, done, len(times), time.perf_counter() - t0)
+    clipped = StepVariance.fit(kind, cset.schedule, table.gamma, table.mse).clipped
+    return CostTableRun(out, table, done, len(times), time.perf_counter() - t0, clipped)
 
 
 def merge_cost_tables(parts: list[str | os.PathLike[str]], out: str | os.PathLike[str]
@@ -193,6 +205,8 @@ def merge_cost_tables(parts: list[str | os.PathLike[str]], out: str | os.PathLik
                                 "pass each shard once")
         cols.L[:, c.done] = c.L[:, c.done]
         cols.L_se[:, c.done] = c.L_se[:, c.done]
+        for k in CostColumns.STATS:
+            getattr(cols, k)[c.done] = getattr(c, k)[c.done]
         cols.done |= c.done
     missing = np.flatnonzero(~cols.done[1:]) + 1
     if missing.size:
@@ -203,25 +217,40 @@ def merge_cost_tables(parts: list[str | os.PathLike[str]], out: str | os.PathLik
     return table
 
 
-def cache_path(cset: CheckpointSet, data: str, split: str, settings: CostSettings) -> Path:
-    """Where the set's cached table for (data, split, samples, seed) lives."""
+def cache_path(cset: CheckpointSet, data: str, split: str, settings: CostSettings,
+               variance: str = "trained") -> Path:
+    """Where the set's cached table for (data, split, samples, seed, variance) lives
+    (the set's own variance keeps the name it always had)."""
     tag = re.sub(r"[^A-Za-z0-9._-]+", "_", data)
-    return cset.cache_dir / f"{tag}-{split}-n{settings.samples}-seed{settings.seed}" \
+    kind = resolve_variance(variance, cset.manifest.variance)
+    var = "" if kind == cset.manifest.variance else f"-{kind}"
+    return cset.cache_dir / f"{tag}-{split}-n{settings.samples}-seed{settings.seed}{var}" \
         ".safetensors"
+
+
+def cache_is_current(cset: CheckpointSet, path: Path, variance: str = "trained") -> bool:
+    """Whether the cached table at ``path`` exists, was built from the set's current
+    weights and, for ``variance`` analytic or mse, carries their statistics."""
+    if not path.exists():
+        return False
+    table = read_cost_table(path)
+    needs_stats = resolve_variance(variance, cset.manifest.variance) in STAT_VARIANCES
+    return table.set_sha256 == set_fingerprint(cset) and (table.has_stats or not needs_stats)
 
 
 def cached_cost_table(cset: CheckpointSet, data: str, split: str = "train",
                       settings: CostSettings = CostSettings(), device: str = "cpu",
-                      progress: ProgressFn | None = None) -> tuple[CostTable, Path]:
+                      progress: ProgressFn | None = None, variance: str = "trained"
+                      ) -> tuple[CostTable, Path]:
     """The table of a loaded set for these settings: reused from the set's cache when its
-    weights are unchanged, else built (and cached) first. Returns (table, its path)."""
-    path = cache_path(cset, data, split, settings)
-    if path.exists():
-        table = read_cost_table(path)
-        if table.set_sha256 == set_fingerprint(cset):
-            return table, path
+    weights are unchanged (and, for ``variance`` analytic or mse, when it carries the
+    statistics: a table cached before them is rebuilt), else built (and cached) first.
+    Returns (table, its path)."""
+    path = cache_path(cset, data, split, settings, variance)
+    if cache_is_current(cset, path, variance):
+        return read_cost_table(path), path
     split_data = load_data(data, split, seed=settings.seed)
     run = build_cost_table(cset, split_data, path, settings, device=device, resume=True,
-                           progress=progress)
+                           progress=progress, variance=variance)
     assert run.table is not None  # a run without a shard always returns its table
     return run.table, path

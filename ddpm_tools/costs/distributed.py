@@ -26,10 +26,10 @@ from ddpm_tools.costs.build import (
     CostTableRun,
     Shard,
     build_cost_table,
+    cache_is_current,
     cache_path,
     cached_cost_table,
     merge_cost_tables,
-    set_fingerprint,
 )
 from ddpm_tools.costs.estimate import CostSettings
 from ddpm_tools.costs.table_file import CostTable, read_cost_table
@@ -75,8 +75,8 @@ def rank_part(out: Path, ranks: Ranks) -> Path:
 
 def build_cost_table_ranks(cset: CheckpointSet, data: DataSplit, out: str | os.PathLike[str],
                            settings: CostSettings, ranks: Ranks, device: str = "cpu",
-                           resume: bool = False, progress: ProgressFn | None = None
-                           ) -> CostTableRun:
+                           resume: bool = False, progress: ProgressFn | None = None,
+                           variance: str = "trained") -> CostTableRun:
     """This rank's columns; then rank 0 merges every rank's file into ``out``.
 
     Rank 0 returns the complete table's run; the other ranks their shard's run
@@ -86,11 +86,11 @@ def build_cost_table_ranks(cset: CheckpointSet, data: DataSplit, out: str | os.P
     out = Path(out)
     if ranks.world == 1:
         return build_cost_table(cset, data, out, settings, device=device, resume=resume,
-                                progress=progress)
+                                progress=progress, variance=variance)
     with rank_group(ranks):
         run = build_cost_table(cset, data, rank_part(out, ranks), settings, device=device,
                                resume=resume, shard=Shard(ranks.rank, ranks.world),
-                               progress=progress)
+                               progress=progress, variance=variance)
         barrier(ranks)  # every rank's file is complete
         if not ranks.main:
             return run
@@ -107,7 +107,8 @@ def build_cost_table_ranks(cset: CheckpointSet, data: DataSplit, out: str | os.P
 
 def build_sharded(cset: CheckpointSet, data: DataSplit, out: str | os.PathLike[str],
                    settings: CostSettings, shard: str | None = None, device: str = "cpu",
-                   resume: bool = False, progress: ProgressFn | None = None) -> CostTableRun:
+                   resume: bool = False, progress: ProgressFn | None = None,
+                  variance: str = "trained") -> CostTableRun:
     """``cost-table`` with its ``--shard`` text: None (the whole table; refused under
     torchrun with several ranks, which would each compute all of it), ``i/n`` (one
     shard, :func:`~ddpm_tools.costs.build.build_cost_table`) or ``auto`` (torchrun
@@ -119,32 +120,34 @@ def build_sharded(cset: CheckpointSet, data: DataSplit, out: str | os.PathLike[s
                             "columns over the ranks")
     if shard is None or shard.strip() != "auto":
         return build_cost_table(cset, data, out, settings, device=device, resume=resume,
-                                shard=Shard.parse(shard) if shard else None, progress=progress)
+                                shard=Shard.parse(shard) if shard else None, progress=progress,
+                                variance=variance)
     if ranks is not None:
         return build_cost_table_ranks(cset, data, out, settings, ranks, device=device,
-                                      resume=resume, progress=progress)
+                                      resume=resume, progress=progress, variance=variance)
     task = slurm_shard()
     if task is None:
         raise BadInputError(NEITHER)
     return build_cost_table(cset, data, out, settings, device=device, resume=resume,
-                            shard=task, progress=progress)
+                            shard=task, progress=progress, variance=variance)
 
 
 def cached_cost_table_ranks(cset: CheckpointSet, data: str, split: str = "train",
                             settings: CostSettings = CostSettings(), device: str = "cpu",
-                            progress: ProgressFn | None = None) -> tuple[CostTable, Path]:
+                            progress: ProgressFn | None = None, variance: str = "trained"
+                            ) -> tuple[CostTable, Path]:
     """:func:`~ddpm_tools.costs.build.cached_cost_table`; under torchrun every rank calls
     it together and, when the cache must be built, computes its share of the columns
     (rank 0 merges) instead of each rank building the whole table."""
     ranks = torchrun_ranks()
     if ranks is None or ranks.world == 1:
         return cached_cost_table(cset, data, split, settings, device=device,
-                                 progress=progress)
-    path = cache_path(cset, data, split, settings)
+                                 progress=progress, variance=variance)
+    path = cache_path(cset, data, split, settings, variance)
     with rank_group(ranks):
-        if not path.exists() or read_cost_table(path).set_sha256 != set_fingerprint(cset):
+        if not cache_is_current(cset, path, variance):
             build_cost_table_ranks(cset, load_data(data, split, seed=settings.seed), path,
                                    settings, ranks, device=device, resume=True,
-                                   progress=progress)
+                                   progress=progress, variance=variance)
             barrier(ranks)  # rank 0 has merged the table into the cache
     return read_cost_table(path), path

@@ -19,7 +19,6 @@ Standard errors are across examples (one x_t per example and t).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,10 @@ import numpy as np
 import torch
 
 from ddpm_tools.core.diffusion import posterior_coeffs, q_sample, step_log_variance_bounds
-from ddpm_tools.core.gaussian import decoder_nll, prior_kl
+from ddpm_tools.core.gaussian import prior_kl
+from ddpm_tools.core.kl import decoder_cost, fixed_variance_kl, learned_range_kl
+from ddpm_tools.core.stats import mean_and_se
+from ddpm_tools.core.variances import StepVariance
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.model import AuxPrior
@@ -59,17 +61,27 @@ class CostColumns:
     """Per-time results: column t of L (mean and standard error over examples).
 
     Shapes: ``L``, ``L_se``: [T+1, T+1] float64 (entries s >= t unused, +inf);
-    ``done``: [T+1] bool, which columns t are computed.
+    ``gamma``, ``gamma_se``, ``mse``, ``mse_se``: [T+1] float64, the per-t statistics
+    E||eps_hat||^2 / D and E||x_0 - x0_hat||^2 / D with standard errors (entry 0 and
+    columns not done: 0); ``done``: [T+1] bool, which columns t are computed.
     """
 
     L: np.ndarray
     L_se: np.ndarray
     done: np.ndarray
+    gamma: np.ndarray
+    gamma_se: np.ndarray
+    mse: np.ndarray
+    mse_se: np.ndarray
+
+    STATS = ("gamma", "gamma_se", "mse", "mse_se")  # names of the [T+1] statistics
 
     @classmethod
     def empty(cls, T: int) -> CostColumns:
         L = np.full((T + 1, T + 1), np.inf)
-        return cls(L=L, L_se=np.zeros_like(L), done=np.zeros(T + 1, dtype=bool))
+        z = np.zeros(T + 1)
+        return cls(L=L, L_se=np.zeros_like(L), done=np.zeros(T + 1, dtype=bool),
+                   gamma=z.copy(), gamma_se=z.copy(), mse=z.copy(), mse_se=z.copy())
 
 
 def select_examples(data: DataSplit, samples: int, seed: int) -> torch.Tensor:
@@ -92,31 +104,20 @@ def noise_for(t: int, seed: int, shape: tuple[int, ...], stream: int = COST_STRE
     return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
-def _mean_se_device(per_example: torch.Tensor) -> torch.Tensor:
-    """``[2, m]``: mean and standard error over dim 0 of ``[n, m]``, on its device."""
-    n = per_example.shape[0]
-    m = per_example.mean(0)
-    se = per_example.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros_like(m)
-    return torch.stack([m, se])
-
-
-def _mean_se(per_example: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over dim 0 (float64 numpy)."""
-    m, se = _mean_se_device(per_example).cpu().numpy()
-    return m, se
-
-
 def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
-               x0_hat: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+               x0_hat: torch.Tensor, v: torch.Tensor | None,
+               variance: StepVariance | None = None) -> torch.Tensor:
     """Per-example costs of the steps t -> s for each s in ``s``: ``[n, len(s)]`` nats.
 
     ``x0``, ``x0_hat``, ``v``: ``[n, ...]`` float64 on one device (x0_hat, v from the
     network at x_t). Where s = 0 the cost is the decoder -log p(x_0 | x_t) (its variance
-    depends on t alone, DESIGN.md); where s >= 1 it is KL(q(x_s|x_t,x_0) || p(x_s|x_t)),
-    summed over dimensions.
+    depends on t alone, docs/DESIGN.md); where s >= 1 it is KL(q(x_s|x_t,x_0) || p(x_s|x_t)),
+    summed over dimensions (:mod:`ddpm_tools.core.kl`). ``variance``: the reverse
+    variance (:class:`~ddpm_tools.core.variances.StepVariance`); None: the set's own.
     """
     man = cset.manifest
     sch = man.schedule
+    var = variance or StepVariance(man.variance)
     s = np.asarray(s, dtype=np.int64)
     n = x0.shape[0]
     dims = int(np.prod(x0.shape[1:]))
@@ -124,15 +125,14 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
     dec = np.flatnonzero(s == 0)
     if dec.size:
-        small, large = step_log_variance_bounds(sch, 0, t)
         lv: torch.Tensor | float
-        if man.variance == "learned_range":
+        if var.kind == "learned_range":
             assert v is not None
+            small, large = step_log_variance_bounds(sch, 0, t)
             lv = v * float(large) + (1 - v) * float(small)
         else:
-            lv = float(small if man.variance == "fixed_small" else large)
-        nll = decoder_nll(x0, x0_hat, lv, man.data.levels).reshape(n, -1).sum(1)
-        out[:, dec] = nll[:, None]
+            lv = var.decoder_log_var(sch, t)
+        out[:, dec] = decoder_cost(x0, x0_hat, lv, man.data.levels)[:, None]
     kl_cols = np.flatnonzero(s > 0)
     if kl_cols.size == 0:
         return out
@@ -141,28 +141,79 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     coef2 = torch.as_tensor(c.coef_x0**2, device=dev)  # [m]
     log_bt = torch.as_tensor(c.log_beta_tilde, device=dev)
     cols = torch.as_tensor(kl_cols, device=dev)
-    if man.variance != "learned_range":
-        log_s2 = torch.as_tensor(c.log_beta_tilde if man.variance == "fixed_small"
-                                 else c.log_beta, device=dev)
-        const = 0.5 * dims * (log_s2 - log_bt + torch.exp(log_bt - log_s2) - 1.0)  # [m]
-        out[:, cols] = const[None, :] + 0.5 * (coef2 * torch.exp(-log_s2))[None, :] \
-            * err2.sum(1, keepdim=True)
+    if var.kind != "learned_range":
+        log_s2 = torch.as_tensor(var.log_sigma2(sch, s[kl_cols], t), device=dev)
+        out[:, cols] = fixed_variance_kl(dims, log_bt, log_s2, coef2,
+                                         err2.sum(1, keepdim=True))
         return out
-    # learned_range: log sigma2 = log_bt + u * delta with delta = log beta - log beta_tilde,
-    # so per dimension KL = 0.5 (u delta + e^{-u delta} - 1 + coef^2 err^2 e^{-log_bt - u delta})
-    assert v is not None
-    u = v.reshape(n, -1)  # [n, D]
-    delta = torch.as_tensor(c.log_beta - c.log_beta_tilde, device=dev)  # [m]
+    if v is None:
+        raise BadInputError(f"the set at {cset.path} predicts no variance; choose another "
+                            "--variance than learned_range")
     chunk = max(1, CHUNK_ELEMENTS // max(1, n * dims))
-    u_sum = u.sum(1, keepdim=True)  # sum_d u_d delta = delta sum_d u_d
-    for a in range(0, kl_cols.size, chunk):
-        d = delta[a : a + chunk]  # [c]
-        e = torch.exp(u[:, :, None] * (-d)[None, None, :])  # [n, D, c] e^{-u delta}
-        kl = 0.5 * (u_sum * d[None, :] + e.sum(1) - dims
-                    + (coef2[a : a + chunk] * torch.exp(-log_bt[a : a + chunk]))[None, :]
-                    * torch.einsum("nd,ndc->nc", err2, e))
-        out[:, cols[a : a + d.shape[0]]] = kl
+    out[:, cols] = learned_range_kl(v.reshape(n, -1), err2, log_bt,
+                                    torch.as_tensor(c.log_beta, device=dev), coef2, chunk)
     return out
+
+
+@dataclass
+class ColumnResult:
+    """What one time t of the Monte Carlo loop gives, per example (float64, on the device)."""
+
+    costs: torch.Tensor  # [n, m] nats of the steps t -> s
+    eps2: torch.Tensor  # [n] ||eps_hat(x_t, t)||^2 / D (for Gamma_t, Analytic-DPM)
+    err2: torch.Tensor  # [n] ||x_0 - x0_hat(x_t)||^2 / D (for m_t / D, the mse variance)
+
+
+VarianceAt = Callable[[int, torch.Tensor, torch.Tensor], StepVariance]
+
+
+def column_costs(den: Denoiser, x0: torch.Tensor, t: int, s: np.ndarray, seed: int,
+                 stream: int, batch: AdaptiveBatch | int, device: torch.device | str = "cpu",
+                 variance: StepVariance | VarianceAt | None = None,
+                 rows: slice | np.ndarray | None = None) -> ColumnResult:
+    """The one Monte Carlo loop of cost tables and eval-bpd: per-example step costs at t.
+
+    1. for each batch of ``x0`` (``[n, ...]`` float64; ``batch``: examples per call, or an
+       :class:`~ddpm_tools.sets.calls.AdaptiveBatch` that halves on GPU out-of-memory):
+       x_t ~ q(x_t | x_0) with the noise of (``stream``, ``seed``, t) (:func:`noise_for`)
+       and one network call;
+    2. the per-example statistics ||eps_hat||^2 / D and ||x_0 - x0_hat||^2 / D;
+    3. :func:`step_costs` of the steps t -> s for every s in ``s`` (``[m]``), per batch.
+    ``variance``: a fixed :class:`StepVariance`, or a function ``(t, eps2, err2) ->
+    StepVariance`` fitting it on this column's own statistics (cost tables with
+    --variance analytic/mse); None: the set's own. ``rows``: only these examples of ``x0``
+    (a torchrun rank's share), with the noise they get when all of ``x0`` is used.
+    """
+    dev = torch.device(device)
+    cset = den.cset
+    dims = int(np.prod(x0.shape[1:]))
+    s = np.asarray(s, dtype=np.int64)
+    eps = noise_for(t, seed, tuple(x0.shape), stream=stream)
+    if rows is not None:
+        x0, eps = x0[rows], eps[rows]
+    n = x0.shape[0]
+    eps2 = torch.empty(n, dtype=torch.float64, device=dev)
+    err2 = torch.empty(n, dtype=torch.float64, device=dev)
+    preds: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+
+    def body(a: int, b: int) -> None:
+        xb = x0[a:b].to(dev)
+        tb = np.full(b - a, t, dtype=np.int64)
+        x_t = q_sample(cset.schedule, xb, tb, eps[a:b].to(dev))
+        pred = den(x_t, tb)
+        assert pred.eps_hat is not None
+        eps2[a:b] = (pred.eps_hat.reshape(b - a, -1) ** 2).sum(1) / dims
+        err2[a:b] = ((xb - pred.x0_hat).reshape(b - a, -1) ** 2).sum(1) / dims
+        preds.append((xb, pred.x0_hat, pred.v))  # eps_hat is no longer needed
+
+    (batch if isinstance(batch, AdaptiveBatch) else AdaptiveBatch(batch)).run(n, body)
+    var = variance(t, eps2, err2) if callable(variance) else variance
+    out = torch.empty((n, s.shape[0]), dtype=torch.float64, device=dev)
+    a = 0
+    for xb, x0_hat, v in preds:
+        out[a : a + xb.shape[0]] = step_costs(cset, t, s, xb, x0_hat, v, var)
+        a += xb.shape[0]
+    return ColumnResult(out, eps2, err2)
 
 
 def prior_costs(cset: CheckpointSet, x0: torch.Tensor, seed: int = 0,
@@ -185,44 +236,50 @@ def prior_costs(cset: CheckpointSet, x0: torch.Tensor, seed: int = 0,
         eps = noise_for(t, seed, tuple(x0.shape))  # the x_t of column t of L
         cols.append(aux_prior_nats(aux, cset.schedule, x0.cpu(), eps).to(cols[0]))
         times.append(t)
-    m, se = _mean_se(torch.stack(cols, 1))  # [len(times)] each
-    prior[times], prior_se[times] = m, se
+    m, se = mean_and_se(torch.stack(cols, 1))  # [len(times)] each
+    prior[times], prior_se[times] = m.cpu().numpy(), se.cpu().numpy()
     return prior, prior_se
 
 
 def compute_columns(cset: CheckpointSet, x0: torch.Tensor, settings: CostSettings,
                     times: list[int], cols: CostColumns, device: torch.device | str = "cpu",
                     progress: ProgressFn | None = None,
-                    checkpoint: Callable[[CostColumns], None] | None = None) -> CostColumns:
+                    checkpoint: Callable[[CostColumns], None] | None = None,
+                    variance: str | None = None) -> CostColumns:
     """Fill ``cols`` for each t in ``times`` not yet done: one network call per example.
 
-    Finished columns stay on the device and reach ``cols`` together every
-    :data:`FLUSH_SECONDS` and at the end (no host sync per column on a GPU);
-    ``checkpoint``, if given, is then called as ``checkpoint(cols)`` (the caller decides
-    how often to write it). The examples per network call start at
-    ``settings.batch_size`` and halve on CUDA out-of-memory (said once via ``progress``).
+    ``variance``: the reverse variance of the table (fixed_small, fixed_large,
+    learned_range, analytic, mse; None: the set's own); analytic and mse are fitted on
+    each column's own statistics (:mod:`ddpm_tools.core.variances`), which are stored in
+    ``cols`` for every variance. Finished columns stay on the device and reach ``cols``
+    together every :data:`FLUSH_SECONDS` and at the end (no host sync per column on a GPU
+    beyond the two statistics); ``checkpoint``, if given, is then called as
+    ``checkpoint(cols)`` (the caller decides how often to write it). The examples per
+    network call start at ``settings.batch_size`` and halve on CUDA out-of-memory (said
+    once via ``progress``).
     """
     den = Denoiser(cset, device=device, precision=settings.precision)
     dev = torch.device(device)
-    n = x0.shape[0]
+    kind = variance or cset.manifest.variance
+    T = cset.T
+
+    def fitted(t: int, eps2: torch.Tensor, err2: torch.Tensor) -> StepVariance:
+        for name, per in (("gamma", eps2), ("mse", err2)):
+            m, se = mean_and_se(per)
+            getattr(cols, name)[t], getattr(cols, name + "_se")[t] = float(m), float(se)
+        gamma = np.zeros(T + 1)
+        mse = np.zeros(T + 1)
+        gamma[t], mse[t] = cols.gamma[t], cols.mse[t]
+        return StepVariance.fit(kind, cset.schedule, gamma, mse)
+
     todo = [t for t in times if not cols.done[t]]
     batch = AdaptiveBatch(settings.batch_size, lambda msg: warn(progress, msg))
     pending: list[tuple[int, torch.Tensor]] = []  # (t, [2, t] mean and se on the device)
     flushed = time.perf_counter()
     for k, t in enumerate(todo):
-        per = torch.empty((n, t), dtype=torch.float64, device=dev)
-        eps = noise_for(t, settings.seed, tuple(x0.shape))
-
-        def body(a: int, b: int, t: int = t, per: torch.Tensor = per,
-                 eps: torch.Tensor = eps) -> None:
-            xb = x0[a:b].to(dev)
-            tb = np.full(b - a, t, dtype=np.int64)
-            x_t = q_sample(cset.schedule, xb, tb, eps[a:b].to(dev))
-            pred = den(x_t, tb)
-            per[a:b] = step_costs(cset, t, np.arange(t), xb, pred.x0_hat, pred.v)
-
-        batch.run(n, body)
-        pending.append((t, _mean_se_device(per)))
+        res = column_costs(den, x0, t, np.arange(t), settings.seed, COST_STREAM, batch, dev,
+                           variance=fitted)
+        pending.append((t, torch.stack(mean_and_se(res.costs))))
         if k + 1 == len(todo) or time.perf_counter() - flushed >= FLUSH_SECONDS:
             for tp, stats in pending:
                 m, se = stats.cpu().numpy()

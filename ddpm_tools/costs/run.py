@@ -29,14 +29,15 @@ class CostTableReport:
 def run_cost_table(
     set_dir: Path | None, data: str | None, out: Path | None, *, split: str = "train",
     settings: CostSettings = CostSettings(), device: str = "cpu", resume: bool = False,
-    shard: str | None = None, progress: ProgressFn | None = None,
+    shard: str | None = None, progress: ProgressFn | None = None, variance: str = "trained",
 ) -> CostTableReport:
     """The cost table of the set at ``set_dir`` on ``data``'s ``split``, written to ``out``
     (:func:`ddpm_tools.costs.distributed.build_sharded`); ``shard`` is ``"i/n"``, ``"auto"``
     (torchrun ranks or a Slurm array task) or None.
 
     The three paths are optional only so that the command line can say in one sentence
-    which of them is missing.
+    which of them is missing. ``variance``: the reverse variance the steps are costed
+    with (``trained``: the set's own; :mod:`ddpm_tools.core.variances`).
     """
     missing = [n for n, v in (("--set", set_dir), ("--data", data), ("--out", out)) if v is None]
     if set_dir is None or data is None or out is None:
@@ -45,7 +46,7 @@ def run_cost_table(
     cset = load_set(set_dir)
     split_data = load_data(data, split, seed=settings.seed)
     run = build_sharded(cset, split_data, out, settings, shard, device=device, resume=resume,
-                        progress=progress)
+                        progress=progress, variance=variance)
     return CostTableReport(run, None if run.table is None else summarize_table(run.table))
 
 

@@ -20,11 +20,12 @@ class TableSummary:
     n_samples: int | None  # examples averaged per entry
     split: str | None  # data split measured on
     seed: int | None  # seed of the examples and noise
-    variance: str | None  # variance type of the set
+    variance: str | None  # the reverse variance the steps were costed with
     data: str | None  # data spec measured on
     set_sha256: str | None  # fingerprint of the set measured
     version: str  # file format version
     standard_errors: bool  # the table carries L_se
+    variance_statistics: bool  # the table carries gamma / mse (for --variance analytic, mse)
     prior_finite_at: list[int]  # the times t where a chain may start (finite prior)
     full_chain_bpd: float  # predicted bits/dim of all T steps from the prior at T
     prior_bpd: float  # the prior term at T alone, bits/dim (+inf without a prior at T)
@@ -35,7 +36,7 @@ def summarize_table(t: CostTable) -> TableSummary:
     return TableSummary(
         T=t.T, dims=t.dims, n_samples=t.n_samples, split=t.split, seed=t.seed,
         variance=t.variance, data=t.data, set_sha256=t.set_sha256, version=t.version,
-        standard_errors=t.L_se is not None,
+        standard_errors=t.L_se is not None, variance_statistics=t.has_stats,
         prior_finite_at=np.flatnonzero(np.isfinite(t.prior)).tolist(),
         full_chain_bpd=predicted_bpd(t, np.arange(t.T + 1)),
         prior_bpd=float(nats_to_bpd(float(t.prior[t.T]), t.dims)))

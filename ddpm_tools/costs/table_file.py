@@ -8,11 +8,17 @@ Format (DESIGN.md, "Cost table"): one safetensors file holding
 * ``prior``: [T+1] float64, the cost of starting the chain at t (+inf: no prior there);
 * optional ``L_se`` [T+1, T+1] and ``prior_se`` [T+1] float64: Monte Carlo standard
   errors of each entry;
+* optional ``gamma``, ``gamma_se``, ``mse``, ``mse_se`` [T+1] float64: per time t the
+  statistics of the reverse variances (:mod:`ddpm_tools.core.variances`) measured in the
+  same pass, Gamma_t = E||eps_hat(x_t, t)||^2 / D and E||x_0 - x0_hat(x_t)||^2 / D (per
+  dimension), with standard errors; entry 0 unused. Tables written before they existed
+  still load (the fields are None) and serve every variance but analytic and mse;
 * metadata (all strings, as safetensors requires): ``T``, ``dims`` (D, for bits/dim),
-  ``n_samples``, ``split``, ``seed``, ``variance``, ``set_sha256``, ``version`` (the file
-  format version, "1"), ``data``, ``decoder`` ("discrete": row 0 is the negative
-  log-likelihood of discrete data, >= 0; "continuous": of a density, any sign). Only ``T``
-  and ``dims`` are required when reading.
+  ``n_samples``, ``split``, ``seed``, ``variance`` (the reverse variance the steps were
+  costed with: fixed_small, fixed_large, learned_range, analytic or mse), ``set_sha256``,
+  ``version`` (the file format version, "1"), ``data``, ``decoder`` ("discrete": row 0 is
+  the negative log-likelihood of discrete data, >= 0; "continuous": of a density, any
+  sign). Only ``T`` and ``dims`` are required when reading.
 
 The negative ELBO of a schedule is prior[tau_K] + sum_i L[tau_{i-1}, tau_i] (Watson et
 al. 2021, Sec. 3); bits/dim = nats / (D ln 2).
@@ -39,6 +45,7 @@ _STR_META = ("split", "variance", "set_sha256", "data", "decoder")
 NEGATIVE_TOLERANCE = 1e-4  # nats: an entry that must be >= 0 may be this negative (rounding)
 _CONTINUOUS_DATA = ("8gaussians", "checkerboard", "moons", "swissroll", "pinwheel",
                     "2spirals")  # the built-in 2-D sets (tables written before ``decoder``)
+STAT_FIELDS = ("gamma", "gamma_se", "mse", "mse_se")  # optional [T+1] statistics
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,11 +61,20 @@ class CostTable:
     n_samples: int | None = None  # examples averaged per entry
     split: str | None = None  # data split measured on: "train" | "test"
     seed: int | None = None  # seed of the noise draws
-    variance: str | None = None  # variance type of the set: fixed_small, fixed_large, ...
+    variance: str | None = None  # reverse variance of the steps: fixed_small, ..., analytic, mse
     set_sha256: str | None = None  # sha256 of the checkpoint set's manifest
     version: str = COST_TABLE_VERSION  # file format version
     data: str | None = None  # data spec measured on, e.g. "digits"
     decoder: str | None = None  # row 0's kind: "discrete" (>= 0), "continuous", None: unknown
+    gamma: np.ndarray | None = None  # [T+1] float64, E||eps_hat||^2 / D per t, or None
+    gamma_se: np.ndarray | None = None  # [T+1] float64, its standard error
+    mse: np.ndarray | None = None  # [T+1] float64, E||x_0 - x0_hat||^2 / D per t, or None
+    mse_se: np.ndarray | None = None  # [T+1] float64, its standard error
+
+    @property
+    def has_stats(self) -> bool:
+        """Whether the table carries the statistics of the analytic and mse variances."""
+        return self.gamma is not None and self.mse is not None
 
     def __post_init__(self) -> None:
         if int(self.T) != self.T or self.T < 1 or int(self.dims) != self.dims or self.dims < 1:
@@ -68,7 +84,7 @@ class CostTable:
             )
         n = self.T + 1
         for name, shape in (("L", (n, n)), ("prior", (n,)), ("L_se", (n, n)),
-                            ("prior_se", (n,))):
+                            ("prior_se", (n,)), *((k, (n,)) for k in STAT_FIELDS)):
             a = getattr(self, name)
             if a is None:
                 continue
@@ -85,8 +101,9 @@ def write_cost_table(path: str | os.PathLike[str], table: CostTable) -> None:
     tensors = {"L": table.L, "prior": table.prior}
     if table.L_se is not None:
         tensors["L_se"] = table.L_se
-    if table.prior_se is not None:
-        tensors["prior_se"] = table.prior_se
+    for key in ("prior_se", *STAT_FIELDS):
+        if getattr(table, key) is not None:
+            tensors[key] = getattr(table, key)
     meta = {"T": str(table.T), "dims": str(table.dims), "version": table.version}
     for key in _INT_META + _STR_META:
         value = getattr(table, key)
@@ -132,12 +149,13 @@ def read_cost_table(path: str | os.PathLike[str]) -> CostTable:
     T = _required_int(meta, "T", where)
     dims = _required_int(meta, "dims", where)
     for name, a in arrays.items():
-        if name in ("L", "L_se", "prior", "prior_se"):
+        if name in ("L", "L_se", "prior", "prior_se", *STAT_FIELDS):
             _check_array(name, a, T, where)
     try:
         table = CostTable(
             L=arrays["L"], prior=arrays["prior"], T=T, dims=dims,
             L_se=arrays.get("L_se"), prior_se=arrays.get("prior_se"),
+            **{k: arrays.get(k) for k in STAT_FIELDS},
             n_samples=_meta_int(meta, "n_samples", where),
             seed=_meta_int(meta, "seed", where),
             version=version,
@@ -208,7 +226,7 @@ def _required_int(meta: dict[str, str], key: str, where: str) -> int:
 
 def _check_array(name: str, a: np.ndarray, T: int, where: str) -> None:
     """dtype float64 and the shape metadata T implies, else one sentence."""
-    shape = (T + 1,) if name.startswith("prior") else (T + 1, T + 1)
+    shape = (T + 1, T + 1) if name.startswith("L") else (T + 1,)
     if a.dtype != np.float64:
         raise BadInputError(
             f"{where} stores {name} as {a.dtype}, but cost tables are float64; rebuild it"

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ddpm_tools.demo.variances import variance_section
 from ddpm_tools.io.files import atomic_write_json, atomic_write_text
 from ddpm_tools.io.plots import lines_png, new_figure, save_figure
 
@@ -140,15 +141,21 @@ What each number means:
 """
 
 
-def write_report(out: Path, results: dict[str, Any], seconds: float, quick: bool) -> Path:
-    """Draw the pictures and write ``report.md`` and ``report.json``; returns report.md."""
+def write_report(out: Path, results: dict[str, Any], seconds: float, quick: bool,
+                 variances: dict[str, Any] | None = None) -> Path:
+    """Draw the pictures and write ``report.md`` and ``report.json``; returns report.md.
+    ``variances``: the comparison of reverse variances (``demo --variances``), if run."""
     lines = [HEADER, f"Mode: {'quick' if quick else 'full'}; wall-clock {seconds:.0f} s.", ""]
     for data, res in results.items():
         pictures = draw_pictures(out, data, res)
         res["pictures"] = pictures
         lines += _data_section(data, res, pictures)
+    extra = {}
+    if variances is not None:
+        lines += variance_section(variances)
+        extra = {"variances": variances}
     atomic_write_json(out / "report.json", {"quick": quick, "seconds": seconds,
-                                            "results": results})
+                                            "results": results, **extra})
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -66,6 +66,7 @@ class DemoConfig:
     quick: bool = False  # small steps and samples: about 3 minutes on 2 cores
     seed: int = 0  # every stage's seed
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # training processes
+    variances: bool = False  # also compare the reverse variances on digits (demo --variances)
 
     def plans(self) -> list[DataPlan]:
         # digits: T = 500 keeps the learned_range table's T^2 * D work small on a CPU;
@@ -80,7 +81,7 @@ class DemoConfig:
                          4000)]
 
 
-def _cached(path: Path, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+def cached(path: Path, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
     """JSON result stored with its key; recomputed when the key changes."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     if path.exists():
@@ -171,9 +172,9 @@ def run_plan(plan: DataPlan, cfg: DemoConfig, out: Path,
         settings = CostSettings(samples=plan.table_samples, seed=cfg.seed)
         table, table_path = cached_cost_table(cset, plan.data, "train", settings,
                                               progress=progress)
-        pred = _cached(ddir / f"{set_dir.name}-pred.json", {"fp": fp, "b": budgets,
+        pred = cached(ddir / f"{set_dir.name}-pred.json", {"fp": fp, "b": budgets,
                        "s": asdict(settings)}, partial(_predictions, table, budgets))
-        meas = _cached(ddir / f"{set_dir.name}-eval.json",
+        meas = cached(ddir / f"{set_dir.name}-eval.json",
                        {"fp": fp, "pred": pred, "plan": asdict(plan), "seed": cfg.seed},
                        partial(_measure, set_dir, plan, pred, cfg.seed, progress))
         dp_row = next(r for r in pred["rows"] if r["K"] == min(SAMPLE_BUDGET, plan.T))
@@ -181,7 +182,7 @@ def run_plan(plan: DataPlan, cfg: DemoConfig, out: Path,
         for label, tau in ((f"dp:{dp_row['K']}", np.array(dp_row["dp_timesteps"])),
                            (f"even:{dp_row['K']}", even_stride(plan.T, dp_row["K"])),
                            ("full", np.arange(plan.T + 1))):
-            samples[label] = _cached(
+            samples[label] = cached(
                 ddir / f"{set_dir.name}-samples-{label.replace(':', '')}.json",
                 {"fp": fp, "tau": tau.tolist(), "plan": asdict(plan), "seed": cfg.seed},
                 partial(_sample_and_score, set_dir, ddir, plan, label, tau, cfg.seed,

@@ -18,15 +18,15 @@ tau_K uses (the eval noise stream).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ddpm_tools.core.diffusion import q_sample
-from ddpm_tools.core.gaussian import prior_kl
-from ddpm_tools.costs.estimate import EVAL_STREAM, noise_for, select_examples, step_costs
+from ddpm_tools.core.gaussian import nats_to_bpd, prior_kl
+from ddpm_tools.core.stats import mean_and_se
+from ddpm_tools.core.variances import StepVariance
+from ddpm_tools.costs.estimate import EVAL_STREAM, column_costs, noise_for, select_examples
 from ddpm_tools.data import DataSplit
 from ddpm_tools.device import torchrun_ranks
 from ddpm_tools.errors import BadInputError
@@ -57,13 +57,15 @@ class ScheduleEval:
 
 
 def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+    m, se = mean_and_se(x)
+    return float(m), float(se)
 
 
 def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np.ndarray]],
              samples: int | None = None, seed: int = 0, batch_size: int = 256,
              device: torch.device | str = "cpu", progress: ProgressFn | None = None,
-             precision: str = "fp32") -> list[ScheduleEval]:
+             precision: str = "fp32", variance: StepVariance | None = None
+             ) -> list[ScheduleEval]:
     """Evaluate every schedule on the same examples and noise; see the module docstring.
 
     ``schedules``: (label, timesteps [K+1]) pairs, each 0 = tau_0 < ... < tau_K, with
@@ -72,6 +74,8 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     networks' autocast (:mod:`ddpm_tools.sets.calls`). Under torchrun each rank scores
     its block of the examples and rank 0 returns the results of all of them (the other
     ranks return []): :mod:`ddpm_tools.likelihood.distributed`.
+    ``variance``: the reverse variance of every step (None: the set's own), for analytic
+    and mse fitted on the train split (:func:`ddpm_tools.schedules.spec.fit_variance`).
     """
     if not schedules:
         raise BadInputError("give at least one --schedule")
@@ -112,18 +116,8 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     for k, t in enumerate(sorted(uses)):
         pairs = uses[t]
         s_arr = np.array([s for _, s in pairs], dtype=np.int64)
-        eps = noise_for(t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)[rows]
-        cost = torch.empty((n, len(pairs)), dtype=torch.float64, device=dev)
-
-        def body(a: int, b: int, t: int = t, s_arr: np.ndarray = s_arr,
-                 eps: torch.Tensor = eps, cost: torch.Tensor = cost) -> None:
-            xb = x0[a:b].to(dev)
-            tb = np.full(b - a, t, dtype=np.int64)
-            x_t = q_sample(cset.schedule, xb, tb, eps[a:b].to(dev))
-            pred = den(x_t, tb)
-            cost[a:b] = step_costs(cset, t, s_arr, xb, pred.x0_hat, pred.v)
-
-        batch.run(n, body)
+        cost = column_costs(den, x0_all, t, s_arr, seed, EVAL_STREAM, batch, dev, variance,
+                            rows=rows).costs
         for col, (j, s) in enumerate(pairs):
             (decoder if s == 0 else steps)[j] += cost[:, col]
         report(progress, "eval-bpd (over t)", k + 1, len(uses))
@@ -136,7 +130,7 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
         return []
     prior, steps, decoder = every
     n = prior.shape[1]
-    to_bpd = 1.0 / (dims * math.log(2.0))
+    to_bpd = float(nats_to_bpd(1.0, dims))
     totals = prior + steps + decoder
     out = []
     for j, (label, _) in enumerate(schedules):
@@ -160,14 +154,16 @@ class LikelihoodEval:
     method: str  # "elbo" or "ode"
     elbo: list[ScheduleEval]  # negative ELBO per schedule (always computed)
     ode: ODEEval | None  # probability-flow ODE bits/dim (method "ode"), same examples
+    variance: str = ""  # the reverse variance used (fixed_small, ..., analytic, mse)
+    clipped: tuple[int, ...] = ()  # times t whose analytic/mse statistic was clipped
 
 
 def eval_likelihood(cset: CheckpointSet, data: DataSplit,
                     schedules: list[tuple[str, np.ndarray]], method: str = "elbo",
                     samples: int | None = None, seed: int = 0, batch_size: int = 256,
                     device: torch.device | str = "cpu", ode: ODESettings = ODESettings(),
-                    progress: ProgressFn | None = None, precision: str = "fp32"
-                    ) -> LikelihoodEval:
+                    progress: ProgressFn | None = None, precision: str = "fp32",
+                    variance: StepVariance | None = None) -> LikelihoodEval:
     """:func:`eval_bpd` of ``schedules``; with ``method="ode"`` also the probability-flow
     ODE bits/dim (:func:`ddpm_tools.likelihood.ode.eval_ode`) on the same examples, and the full
     chain as the ELBO to compare with when no schedule is given. Under torchrun (ELBO
@@ -183,7 +179,8 @@ def eval_likelihood(cset: CheckpointSet, data: DataSplit,
         schedules = [("full", np.arange(cset.T + 1, dtype=np.int64))]
     elbo = eval_bpd(cset, data, schedules, samples=samples, seed=seed,
                     batch_size=batch_size, device=device, progress=progress,
-                    precision=precision)
+                    precision=precision, variance=variance)
     flow = (eval_ode(cset, data, samples=samples, seed=seed, settings=ode, device=device,
                      progress=progress) if method == "ode" else None)
-    return LikelihoodEval(method, elbo, flow)
+    var = variance or StepVariance(cset.manifest.variance)
+    return LikelihoodEval(method, elbo, flow, var.kind, var.clipped)

@@ -59,7 +59,8 @@ import numpy as np
 import torch
 
 from ddpm_tools.core.diffusion import eps_from_x0, x0_from_prediction
-from ddpm_tools.core.gaussian import LOG_2PI
+from ddpm_tools.core.gaussian import LOG_2PI, nats_to_bpd
+from ddpm_tools.core.stats import mean_and_se
 from ddpm_tools.costs.estimate import select_examples
 from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
@@ -232,10 +233,12 @@ def eval_ode(cset: CheckpointSet, data: DataSplit, samples: int | None = None, s
         xb = x0_all[a : a + settings.batch_size].to(device)
         parts.append(ode_nll(flow, xb, settings, g).cpu())
         report(progress, "ODE likelihood (examples)", a + xb.shape[0], x0_all.shape[0])
-    bpd = torch.cat(parts) / (data.dims * math.log(2.0))
+    bpd = nats_to_bpd(torch.cat(parts), data.dims)
+    assert isinstance(bpd, torch.Tensor)
+    bpd_mean, bpd_se = mean_and_se(bpd)
     n = bpd.shape[0]
     exact = data.dims <= settings.exact_max_dims
-    return ODEEval(n=n, bpd=float(bpd.mean()), bpd_se=float(bpd.std() / math.sqrt(n)),
+    return ODEEval(n=n, bpd=float(bpd_mean), bpd_se=float(bpd_se),
                    steps=settings.steps,
                    divergence="exact" if exact else f"Hutchinson, {settings.probes} probes",
                    dequantized=cset.manifest.data.levels is not None,

@@ -26,6 +26,7 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save
 
+from ddpm_tools.core.stats import mean_and_se
 from ddpm_tools.data import DATA_NAMES, DataSplit, has_true_density, load_data, true_log_density
 from ddpm_tools.errors import BadInputError, DdpmToolsError
 from ddpm_tools.io.files import atomic_write_safetensors, cache_root, sha256_bytes, sha256_file
@@ -231,8 +232,8 @@ def _log_density_metrics(name: str, who: str, x: np.ndarray) -> tuple[Metric, ..
     logp = true_log_density(name, x)
     finite = np.isfinite(logp)
     v = logp[finite]
-    mean = float(v.mean()) if v.size else -np.inf
-    se = float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
+    m, s = mean_and_se(v) if v.size else (-np.inf, 0.0)
+    mean, se = float(m), float(s)
     out = [Metric(f"{who}_mean_log_density", mean, se,
                   f"mean log p_true of the {who} (nats; p = 0 points left out); "
                   + ("best near the reference's; above it = too concentrated" if who == "samples"

@@ -12,7 +12,6 @@ test split is never touched, so eval-bpd still scores unseen data.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from ddpm_tools.core.diffusion import q_sample
+from ddpm_tools.core.stats import mean_and_se
 from ddpm_tools.data import DataSplit, load_data
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.flow import FlowConfig, fit_flow
@@ -61,10 +61,6 @@ def check_prior_time(t: int, T: int) -> None:
                             f"diffusion above t, so it needs 1 <= t < T = {T}")
 
 
-def _mean_se(x: torch.Tensor) -> tuple[float, float]:
-    return float(x.mean()), float(x.std(unbiased=True) / math.sqrt(x.shape[0]))
-
-
 def fit_prior(cset: CheckpointSet, data: DataSplit, t: int, config: PriorConfig,
               settings: FitSettings = FitSettings(), progress: ProgressFn | None = None
               ) -> AuxPrior:
@@ -90,7 +86,8 @@ def fit_prior(cset: CheckpointSet, data: DataSplit, t: int, config: PriorConfig,
         log_p_held = density.log_prob(_diffuse(cset, held, t, None, eps_held))  # [n_held]
         train_ll = float(density.log_prob(x_fit).mean())
     # per-example prior cost: E log q(x_t|x_0) (closed form) - log p_aux(x_t)
-    prior_nats, prior_se = _mean_se(neg_entropy_q(cset.schedule, t, x0.shape[1]) - log_p_held)
+    prior_m, prior_s = mean_and_se(neg_entropy_q(cset.schedule, t, x0.shape[1]) - log_p_held)
+    prior_nats, prior_se = float(prior_m), float(prior_s)
     info = PriorInfo(
         data=data.name, n_train=int(x_fit.shape[0]), n_heldout=n_held, seed=settings.seed,
         train_ll=train_ll, heldout_ll=float(log_p_held.mean()), prior_nats=prior_nats,

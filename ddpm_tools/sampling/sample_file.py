@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ddpm_tools.core.limits import check_seed
+from ddpm_tools.core.variances import StepVariance
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.io.files import atomic_write_bytes, check_output_file
 from ddpm_tools.io.png import image_grid, write_png
@@ -95,8 +96,10 @@ def write_picture(path: str | os.PathLike[str], samples: np.ndarray, levels: int
 def draw_samples(cset: CheckpointSet, label: str, timesteps: np.ndarray, n: int,
                  out: str | os.PathLike[str], grid: str | os.PathLike[str] | None = None,
                  eta: float = 1.0, seed: int = 0, device: str = "cpu",
-                 progress: ProgressFn | None = None) -> SampleRun:
-    """Sample along ``timesteps`` and write the .npz (and PNG) atomically."""
+                 progress: ProgressFn | None = None, variance: StepVariance | None = None
+                 ) -> SampleRun:
+    """Sample along ``timesteps`` and write the .npz (and PNG) atomically; ``variance``:
+    the reverse variance of the steps (None: the set's own)."""
     t0 = time.perf_counter()
     out = Path(out)
     check_seed(seed)
@@ -115,7 +118,8 @@ def draw_samples(cset: CheckpointSet, label: str, timesteps: np.ndarray, n: int,
 
             require_matplotlib()
     g = torch.Generator().manual_seed(seed)
-    x = sample(cset, timesteps, n, eta=eta, generator=g, device=device, progress=progress)
+    x = sample(cset, timesteps, n, eta=eta, generator=g, device=device, progress=progress,
+               variance=variance)
     levels = cset.manifest.data.levels
     arr = to_levels(x, levels) if levels is not None else x.numpy().astype(np.float32)
     write_samples_npz(out, arr, levels, cset.manifest.data.name)

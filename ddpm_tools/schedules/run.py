@@ -35,11 +35,14 @@ class ScheduleRun:
 
 
 def _check_options(costs: Path | None, set_dir: Path | None, data: str | None,
-                   budgets: Sequence[int], all_budgets: bool) -> None:
+                   budgets: Sequence[int], all_budgets: bool, variance: str) -> None:
     """One sentence for each option combination optimize-schedule cannot run."""
     if (set_dir is None) != (data is None):
         raise BadInputError("--set and --data go together: the table is built from the set "
                             "on that data")
+    if costs is not None and variance != "trained":
+        raise BadInputError("--variance goes with --set; a --costs table already has its "
+                            "variance (build it with cost-table --variance)")
     if (costs is None) == (set_dir is None):
         raise BadInputError("pass either --costs FILE (written by cost-table) or --set DIR "
                             "--data NAME, exactly one of the two")
@@ -54,18 +57,19 @@ def optimize_schedules(
     set_dir: Path | None = None, data: str | None = None,
     settings: CostSettings = CostSettings(), truncate: bool = False, out: Path | None = None,
     plot: Path | None = None, device: str = "cpu",
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, variance: str = "trained",
 ) -> ScheduleRun:
     """Exact DP schedules for ``budgets`` (or, with ``all_budgets``, for every budget with
     a finite path; exactly one of the two) on the table ``costs``, or on the train-split
     table of ``set_dir`` on ``data`` (built with ``settings`` and cached next to the set
-    when missing or stale).
+    when missing or stale) with the reverse variance ``variance`` (``trained``: the set's
+    own; :mod:`ddpm_tools.core.variances`).
 
     Writes ``out/schedule_K{budget}.json`` per budget when ``out`` is given and the
     predicted bits/dim against K (DP, even, quadratic) to ``plot`` when given. Repeated
     budgets are solved once, in the order first given.
     """
-    _check_options(costs, set_dir, data, budgets, all_budgets)
+    _check_options(costs, set_dir, data, budgets, all_budgets, variance)
     if out is not None:
         ensure_writable_dir(out)
     if plot is not None:
@@ -73,7 +77,8 @@ def optimize_schedules(
     if costs is None:
         assert set_dir is not None and data is not None  # checked by _check_options
         table, costs = cached_cost_table(load_set(set_dir), data, "train", settings,
-                                         device=device, progress=progress)
+                                         device=device, progress=progress,
+                                         variance=variance)
     else:
         table = read_cost_table(costs)
     source: dict[str, str | int | float] = {"costs": str(costs),

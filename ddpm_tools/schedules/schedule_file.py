@@ -81,6 +81,13 @@ class Schedule:
                 )
 
     @property
+    def variance(self) -> str | None:
+        """The reverse variance the schedule was optimized for (``source.variance``:
+        fixed_small, fixed_large, learned_range, analytic or mse), None if not recorded."""
+        v = self.source.get("variance")
+        return v if isinstance(v, str) else None
+
+    @property
     def diffusers_timesteps(self) -> list[int]:
         """0-based, descending: ``DDPMScheduler.set_timesteps(timesteps=...)``."""
         return [int(t) - 1 for t in self.timesteps[:0:-1]]

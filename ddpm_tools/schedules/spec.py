@@ -18,6 +18,7 @@ import numpy as np
 
 from ddpm_tools.core.dp import solve_schedules
 from ddpm_tools.core.strides import check_timesteps, even_stride, quadratic_stride
+from ddpm_tools.core.variances import STAT_VARIANCES, StepVariance, resolve_variance
 from ddpm_tools.costs.build import set_fingerprint
 from ddpm_tools.costs.distributed import cached_cost_table_ranks
 from ddpm_tools.costs.estimate import CostSettings
@@ -41,6 +42,7 @@ class CostSource:
     settings: CostSettings  # examples and seed of the table
     device: str = "cpu"  # where the table is built if it is not cached yet
     table: Path | None = None  # an existing table to use instead of the set's cached one
+    variance: str = "trained"  # --variance: the reverse variance the steps are costed with
 
 
 def _table_for(cset: CheckpointSet, costs: CostSource,
@@ -48,10 +50,16 @@ def _table_for(cset: CheckpointSet, costs: CostSource,
     """The train-split table behind ``dp:K``: the given file (checked) or the set's cache."""
     if costs.table is None:
         return cached_cost_table_ranks(cset, costs.data, "train", costs.settings,
-                                       device=costs.device, progress=progress)[0]
+                                       device=costs.device, progress=progress,
+                                       variance=costs.variance)[0]
     table = read_cost_table(costs.table)
     T = cset.T
     where = f"cost table {costs.table}"
+    kind = resolve_variance(costs.variance, cset.manifest.variance)
+    if table.variance is not None and table.variance != kind:
+        raise BadInputError(f"{where} costs the steps with the {table.variance} variance, not "
+                            f"{kind}; build one with cost-table --set {cset.path} --data "
+                            f"{costs.data} --variance {kind} --out {costs.table}")
     if table.T != T:
         raise BadInputError(f"{where} has T = {table.T} but the set has T = {T}; build the "
                             "table from this set with cost-table")
@@ -97,4 +105,39 @@ def resolve_schedule(spec: str, cset: CheckpointSet, costs: CostSource,
     if sched.T != T:
         raise BadInputError(f"schedule {path} is for T = {sched.T} but the set has T = {T}; "
                             "optimize a schedule for this set")
+    kind = resolve_variance(costs.variance, cset.manifest.variance)
+    if sched.variance is not None and sched.variance != kind:
+        raise BadInputError(f"schedule {path} was optimized for the {sched.variance} variance, "
+                            f"not {kind}; drop --variance or pass --variance {sched.variance}")
     return path.name, check_timesteps(sched.timesteps, T, truncated_ok=True)
+
+
+def pick_variance(requested: str | None, specs: list[str]) -> str:
+    """``--variance`` of eval-bpd and sample: the one asked for, else the one the schedule
+    files among ``specs`` were optimized for (they must agree), else ``trained``."""
+    if requested is not None:
+        return requested
+    recorded = {read_schedule(p).variance for p in specs if Path(p.strip()).is_file()} - {None}
+    if len(recorded) > 1:
+        raise BadInputError(f"the schedule files were optimized for different variances "
+                            f"({', '.join(sorted(str(v) for v in recorded))}); pass --variance "
+                            "or evaluate them separately")
+    only = recorded.pop() if recorded else None
+    return only or "trained"
+
+
+def fit_variance(cset: CheckpointSet, costs: CostSource, progress: ProgressFn | None = None
+                 ) -> StepVariance:
+    """The reverse variance ``costs.variance`` of the loaded set's steps; analytic and mse
+    are fitted on the train-split statistics: the ``--costs`` table's, else the set's
+    cached train table (built first if needed, or rebuilt if cached before them)."""
+    kind = resolve_variance(costs.variance, cset.manifest.variance)
+    if kind not in STAT_VARIANCES:
+        return StepVariance(kind)
+    table = _table_for(cset, costs, progress)
+    if not table.has_stats:
+        raise BadInputError(f"cost table {costs.table} has no gamma/mse statistics (built "
+                            "before they existed); rebuild it with cost-table --set "
+                            f"{cset.path} --data {costs.data} --variance {kind} --out "
+                            f"{costs.table}")
+    return StepVariance.fit(kind, cset.schedule, table.gamma, table.mse)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ddpm_tools.core.diffusion import x0_from_prediction
+from ddpm_tools.core.diffusion import eps_from_x0, x0_from_prediction
 from ddpm_tools.errors import CheckpointError
 from ddpm_tools.models import split_output
 from ddpm_tools.sets.calls import check_precision, module_dtype, network_precision
@@ -32,6 +32,7 @@ class DenoiserOutput:
 
     x0_hat: torch.Tensor  # [B, ...] in x_t's dtype; clipped to [-1, 1] for discrete data
     v: torch.Tensor | None  # [B, ...] variance interpolation (out + 1)/2; learned_range only
+    eps_hat: torch.Tensor | None = None  # [B, ...] the noise prediction, before any clipping
 
 
 class Denoiser:
@@ -103,10 +104,11 @@ class Denoiser:
         pred, raw_var = split_output(out, x_t.shape[1], man.variance)
         v = None if raw_var is None else (raw_var + 1) / 2  # Nichol & Dhariwal 2021, eq. (15)
         x0_hat = x0_from_prediction(man.schedule, man.prediction, x_t, ta, pred)
+        eps_hat = pred if man.prediction == "eps" else eps_from_x0(man.schedule, x_t, ta, x0_hat)
         r = self.cset.clip_range
         if r is not None:
             x0_hat = x0_hat.clamp(-r, r)
-        return DenoiserOutput(x0_hat=x0_hat, v=v)
+        return DenoiserOutput(x0_hat=x0_hat, v=v, eps_hat=eps_hat)
 
 
 def _check_finite(cset: CheckpointSet, index: int, y: torch.Tensor, t: np.ndarray) -> None:
