@@ -1,5 +1,6 @@
 """numba kernels against plain numpy references (random T = 300 tables, every k)."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -9,7 +10,7 @@ T = 300
 
 
 def numpy_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """C[t, k], bp[t, k] by broadcasting: C[k] = min_s C[k-1, s] + L[s, :] (first argmin)."""
+    """C[k, t], bp[k, t] by broadcasting: C[k] = min_s C[k-1, s] + L[s, :] (first argmin)."""
     n = L.shape[0]
     Lm = np.where(np.triu(np.ones((n, n), dtype=bool), 1), L, np.inf)
     C = np.full((K + 1, n), np.inf)
@@ -19,25 +20,31 @@ def numpy_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
         M = C[k - 1][:, None] + Lm
         bp[k] = M.argmin(axis=0)
         C[k] = M.min(axis=0)
-    return C.T, bp.T
+    return C, bp
 
 
-def random_table(seed: int, n: int = T + 1, inf_frac: float = 0.0) -> np.ndarray:
+def random_table(
+    seed: int, n: int = T + 1, inf_frac: float = 0.0, levels: int = 0
+) -> np.ndarray:
+    """Random L; with ``levels`` > 0 its entries are whole numbers below it (many ties)."""
     rng = np.random.default_rng(seed)
-    L = rng.random((n, n))
+    L = rng.integers(0, levels, (n, n)).astype(np.float64) if levels else rng.random((n, n))
     L[rng.random((n, n)) < inf_frac] = np.inf
     L[np.tril_indices(n)] = np.nan  # s >= t is never read
     return L
 
 
-def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16):
+def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16,
+                   parallel=False):
+    """C, bp: [K+1, T+1] from the one-core kernel (or the parallel one)."""
     n = L.shape[0]
-    C = np.full((n, K + 1), np.inf)
+    C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((n, K + 1), dtype=dtype)
+    bp = np.zeros((K + 1, n), dtype=dtype)
     edges = [0, *[c for c in chunks if c is not None], n - 1]
+    relax = kernels.dp_relax_rows_parallel if parallel else kernels.dp_relax_rows
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        kernels.dp_relax_rows(L, C, bp, lo, hi, block)
+        relax(L, C, bp, lo, hi, block)
     return C, bp
 
 
@@ -49,6 +56,31 @@ def test_forward_equals_numpy_for_every_k(seed, inf_frac):
     assert np.array_equal(C, C_ref)  # bit for bit: same additions, same minimum
     reachable = np.isfinite(C_ref)
     assert np.array_equal(bp[reachable], bp_ref[reachable])
+
+
+@pytest.mark.parametrize(
+    "T_,K,inf_frac,levels",
+    [(1, 1, 0.0, 0), (5, 5, 0.0, 3), (129, 7, 0.3, 0), (300, 32, 0.2, 4), (400, 399, 0.1, 0),
+     (700, 40, 0.5, 2)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, threads):
+    """Bit for bit, ties and +inf included, for row blocks that cross column blocks."""
+    L = random_table(10 + T_, n=T_ + 1, inf_frac=inf_frac, levels=levels)
+    C_ref, bp_ref = numpy_forward(L, K)
+    C1, bp1 = kernel_forward(L, K)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for block in (kernels.DP_BLOCK_PARALLEL, 5):
+            C2, bp2 = kernel_forward(L, K, block=block, chunks=(T_ // 3 or None,),
+                                     parallel=True)
+            assert np.array_equal(C2, C1) and np.array_equal(bp2, bp1)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(C1, C_ref)
+    reachable = np.isfinite(C_ref)
+    assert np.array_equal(bp1[reachable], bp_ref[reachable])
 
 
 @pytest.mark.parametrize("block,chunks", [(1, (None,)), (7, (5, 123)), (300, (299,))])
@@ -63,7 +95,7 @@ def test_forward_small_budget_matches_prefix_of_full():
     L = random_table(3)
     C_full, bp_full = kernel_forward(L, T)
     C, bp = kernel_forward(L, 12)
-    assert np.array_equal(C, C_full[:, :13]) and np.array_equal(bp, bp_full[:, :13])
+    assert np.array_equal(C, C_full[:13]) and np.array_equal(bp, bp_full[:13])
 
 
 def test_forward_int32_back_pointers():
@@ -76,10 +108,10 @@ def test_forward_int32_back_pointers():
 def test_ties_take_smallest_s():
     L = np.ones((9, 9))
     C, bp = kernel_forward(L, 8)
-    # C[t, k] = k for every reachable (t, k); the smallest valid predecessor is k - 1
+    # C[k, t] = k for every reachable (k, t); the smallest valid predecessor is k - 1
     for t in range(1, 9):
         for k in range(1, t + 1):
-            assert C[t, k] == k and bp[t, k] == k - 1
+            assert C[k, t] == k and bp[k, t] == k - 1
 
 
 def test_scan_table_reach_and_first_bad_entry():
@@ -112,7 +144,7 @@ def test_best_ends_and_backtrack():
     costs = np.empty(49)
     kernels.dp_best_ends(C, prior, budgets, ends, costs)
     for j, K in enumerate(budgets):
-        total = C[:, K] + prior
+        total = C[K] + prior
         assert ends[j] == np.argmin(total) and costs[j] == total.min()
         tau = np.empty(K + 1, dtype=np.int64)
         kernels.dp_backtrack(bp, ends[j], tau)
