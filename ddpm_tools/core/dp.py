@@ -175,8 +175,9 @@ def solve_schedules(
     prior: [T+1] float64 (+inf where no prior; finite at several t lets the DP pick the
     start). Returns one DPSolution per entry of ``budgets``, in the order given.
     Ties: the smallest s at every step, then the smallest start t.
-    Time O(T^2 * K), spread over numba's threads (``NUMBA_NUM_THREADS``); memory one [T+1, K+1] float64 state plus int16
-    back-pointers (1.25x the size of L when solving every budget at once).
+    Time O(T^2 * K), spread over numba's threads (``NUMBA_NUM_THREADS``); memory one
+    [K+1, T+1] float64 state plus int16 back-pointers (1.25x the size of L when solving
+    every budget at once).
     """
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = _check_budgets(budgets, k_max, "the cost table")
