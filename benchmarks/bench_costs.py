@@ -142,13 +142,14 @@ def print_human(res: dict[str, Any]) -> None:
                   f"{col.get('direct_s', float('nan')):.3f}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print a table (or ``--json``), return the results."""
     parser = base_parser(__doc__)
     parser.add_argument("--repeat", type=int, default=3, help="runs per timing (median kept)")
-    args = parser.parse_args()
-    finish(run(args.quick, max(1, args.repeat)), args.json, print_human)
-    return 0
+    args = parser.parse_args(argv)
+    return finish(run(args.quick, max(1, args.repeat)), args.json, print_human)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)
