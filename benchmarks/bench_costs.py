@@ -114,7 +114,7 @@ def run(quick: bool, repeat: int) -> dict[str, Any]:
         configs = [(256, 200, 8, [50, 100, 200], [50, 200])]
     else:
         configs = [(3072, 1000, 64, [250, 500, 1000], [250, 500, 1000]),
-                   (12288, 4000, 64, [1000, 2000, 4000], [250, 500])]
+                   (12288, 4000, 64, [1000, 2000, 4000], [250, 500, 1000])]
     with torch_threads(1):
         res["configs"] = [run_config(D, T, n, f, d, repeat) for D, T, n, f, d in configs]
     return res
