@@ -53,7 +53,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 DP_BLOCK = 16  # source rows s pushed together (one meeting of the threads per block)
-DP_BLOCK_PARALLEL = 32  # the same for the parallel kernel: fewer meetings of the threads
+DP_BLOCK_PARALLEL = 64  # the same for the parallel kernel: fewer meetings of the threads
 DP_COLUMNS = 128  # target columns t per unit of work (C[k, t-block] stays in L1)
 
 
