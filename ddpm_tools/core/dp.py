@@ -27,6 +27,7 @@ from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn, report
 
 ROW_CHUNK = 128  # source rows per kernel call of the forward pass (one progress report)
+PARALLEL_MIN_T = 256  # below this T the threads' meetings cost more than they save
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,14 +120,15 @@ def _forward(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run the forward pass for budgets up to K. Returns C, bp: [K+1, T+1].
 
-    On more than one numba thread (``NUMBA_NUM_THREADS``, default: every core) the
-    column blocks are spread over the threads; the result is the same bit for bit.
+    On more than one numba thread (``NUMBA_NUM_THREADS``, default: every core) and for
+    T >= ``PARALLEL_MIN_T`` the column blocks are spread over the threads; the result is
+    the same bit for bit.
     """
     n = L.shape[0]
     C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
     bp = np.zeros((K + 1, n), dtype=_bp_dtype(n - 1))
-    if numba.get_num_threads() > 1:
+    if numba.get_num_threads() > 1 and n - 1 >= PARALLEL_MIN_T:
         relax, block = kernels.dp_relax_rows_parallel, kernels.DP_BLOCK_PARALLEL
     else:
         relax, block = kernels.dp_relax_rows, kernels.DP_BLOCK
