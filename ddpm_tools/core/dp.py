@@ -210,6 +210,11 @@ def warm_up() -> None:
     """Load the DP kernels from numba's disk cache (compiling them the first time ever), so
     that a timing of the DP that follows measures the DP alone."""
     solve_schedules(np.ones((3, 3)), np.array([np.inf, np.inf, 0.0]), [2])
+    if numba.get_num_threads() > 1:  # the threaded kernel that T >= PARALLEL_MIN_T uses
+        C = np.full((2, 3), np.inf)
+        C[0, 0] = 0.0
+        bp = np.zeros((2, 3), dtype=np.int16)
+        kernels.dp_relax_rows_parallel(np.ones((3, 3)), C, bp, 0, 2, kernels.DP_BLOCK_PARALLEL)
 
 
 def path_cost(L: np.ndarray, prior: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> float:
