@@ -53,8 +53,8 @@ _set_numba_cache_dir()
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-DP_BLOCK = 16  # source rows s pushed together (one meeting of the threads per block)
-DP_BLOCK_PARALLEL = 64  # the same for the parallel kernel: fewer meetings of the threads
+DP_BLOCK = 16  # source rows s pushed together by one thread (C[k, t-block] reused per block)
+DP_BLOCK_PARALLEL = 128  # rows per meeting of the threads in the parallel kernel
 DP_COLUMNS = 128  # target columns t per unit of work (C[k, t-block] stays in L1)
 
 
@@ -194,14 +194,20 @@ def dp_relax_rows_parallel(
     """:func:`dp_relax_rows` with the column blocks of step 2 spread over numba's threads.
 
     Each target column t still takes the rows s in ascending order, so C and bp equal the
-    one-core result bit for bit. Threads meet once per block of ``block`` rows.
+    one-core result bit for bit. Threads meet once per block of ``block`` rows (large, so
+    that a thread the OS pauses holds the other up rarely); inside a block, step 1 runs
+    on one thread in sub-blocks of ``DP_BLOCK`` rows.
     """
     n = L.shape[0]
     for s0 in range(s_lo, s_hi, block):
         s1 = min(s0 + block, s_hi)
-        _push_inside(L, C, bp, s0, s1)
+        for b0 in range(s0, s1, DP_BLOCK):  # 1. the block's own targets, one thread
+            b1 = min(b0 + DP_BLOCK, s1)
+            _push_inside(L, C, bp, b0, b1)
+            if b1 < s1:
+                _push_columns(L, C, bp, b0, b1, b1, s1)
         n_col_blocks = (n - s1 + DP_COLUMNS - 1) // DP_COLUMNS
-        for j in numba.prange(n_col_blocks):
+        for j in numba.prange(n_col_blocks):  # 2. every later target, all threads
             ta = s1 + j * DP_COLUMNS
             _push_columns(L, C, bp, s0, s1, ta, min(ta + DP_COLUMNS, n))
 
