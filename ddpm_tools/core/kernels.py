@@ -26,9 +26,10 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
   them over numba's threads (``NUMBA_NUM_THREADS``), one meeting per row block. Every
   (k, t) still sees the rows s in ascending order, so both kernels give the same bits.
 
-Compiled with ``cache=True`` (first call compiles, later processes load from disk; the
-parallel kernel too) and without fastmath: the code adds +inf (a step that cannot be
-taken) on purpose.
+Threads come from numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
+otherwise (see below). Compiled with ``cache=True`` (first call compiles, later processes
+load from disk; the parallel kernel too) and without fastmath: the code adds +inf (a
+step that cannot be taken) on purpose.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ _set_numba_cache_dir()
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+
+if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
+    # numba's own pool sleeps while it waits; OpenMP's spins, and on a machine where
+    # other processes keep the cores busy a spinning thread takes the time the thread
+    # it waits for needs (the threaded DP then ran 2-4x slower than on one thread)
+    numba.config.THREADING_LAYER = "workqueue"
 
 DP_BLOCK = 16  # source rows s pushed together by one thread (C[k, t-block] reused per block)
 DP_BLOCK_PARALLEL = 128  # rows per meeting of the threads in the parallel kernel
