@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     base_parser,
     finish,
     machine,
+    median_time,
     print_table,
     torch_threads,
     yes_no,
@@ -59,12 +60,7 @@ def column_inputs(T: int, t: int, n: int, D: int, seed: int = 0
 
 def median_seconds(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     """(median CPU seconds of this process over ``repeat`` calls, the last result)."""
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.process_time()
-        out = fn()
-        times.append(time.process_time() - start)
-    return float(np.median(times)), out
+    return median_time(fn, repeat, time.process_time)
 
 
 def whole_table(ts: list[int], secs: list[float], T: int) -> float:

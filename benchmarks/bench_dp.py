@@ -31,7 +31,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -39,7 +38,11 @@ from typing import Any
 import numba
 import numpy as np
 
-from ddpm_tools.core.dp import (
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import median_time  # noqa: E402
+
+from ddpm_tools.core.dp import (  # noqa: E402
     DPSolution,
     solve_all_budgets,
     solve_schedules,
@@ -67,16 +70,6 @@ def kl_like_table(T: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     prior = np.full(n, np.inf)
     prior[T] = 0.1
     return L, prior
-
-
-def median_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """(median wall-clock seconds over ``repeat`` calls, the last result)."""
-    times, out = [], None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), out
 
 
 def cubic_all_budgets(L: np.ndarray, prior: np.ndarray) -> list[DPSolution]:
