@@ -140,7 +140,7 @@ def frechet(path: Path, seed: int) -> float:
 def evaluate_design(cset: CheckpointSet, sizes: Sizes, tmp: Path, seed: int
                     ) -> dict[str, Any]:
     """Bits/dim (full chain and DP K) with standard errors, and Frechet distances."""
-    table, _ = cached_cost_table(cset.path, DATA, "train",
+    table, _ = cached_cost_table(cset, DATA, "train",
                                  CostSettings(samples=sizes.table_samples, seed=seed))
     sol = solve_schedules(table.L, table.prior, [sizes.K])[0]
     schedules = [("full", np.arange(sizes.T + 1)), (f"dp:{sizes.K}", sol.timesteps)]

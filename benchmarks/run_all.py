@@ -40,6 +40,8 @@ BENCHMARKS = {  # name -> (script, what it compares)
     "eval": ("bench_eval.py", "eval-bpd vs a calc_bpd_loop-style per-step loop; K-step cost"),
     "sets": ("bench_sets.py", "single network vs interval sets vs multidecoder at equal "
                               "compute"),
+    "image": ("bench_image.py", "cost table of an imported 32x32 improved-diffusion U-Net vs "
+                                "the same plain network calls"),
 }
 
 
@@ -93,7 +95,7 @@ def summary_rows(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     module = importlib.import_module(Path(BENCHMARKS[name][0]).stem)
     try:
         return list(module.summary(result))
-    except (KeyError, TypeError, IndexError, StopIteration):
+    except (AttributeError, KeyError, TypeError, IndexError, StopIteration):
         return [{"measured": "this result predates the script's summary; rerun "
                              f"`run_all.py --only {name}`", "ours": "-", "anchor": "-",
                  "ratio": "-", "target": "-", "met": None}]

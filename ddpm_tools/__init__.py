@@ -25,6 +25,7 @@ _API = {
     "DataSplit": "ddpm_tools.data",
     "load_set": "ddpm_tools.sets.load",
     "CheckpointSet": "ddpm_tools.sets.checkpoint_set",
+    "import_checkpoint": "ddpm_tools.sets.openai_import",
     "Denoiser": "ddpm_tools.sets.denoiser",
     "train": "ddpm_tools.training.api",
     "TrainConfig": "ddpm_tools.training.config",

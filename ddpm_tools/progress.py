@@ -19,3 +19,11 @@ def report(progress: ProgressFn | None, task: str, done: int, total: int, **info
     """Call ``progress`` if one was given."""
     if progress is not None:
         progress(task, done, total, **info)
+
+
+def warn(progress: ProgressFn | None, message: str) -> None:
+    """Pass one sentence to the progress display's ``warn`` method, if it has one (the
+    CLI's shows it on stderr above the bars); library code never prints."""
+    say = getattr(progress, "warn", None)
+    if say is not None:
+        say(message)

@@ -47,7 +47,7 @@ def test_all_budgets_json_and_files(costs, tmp_path):
     r = run("--costs", costs, "--all-budgets", "--out", out, "--json")
     assert r.exit_code == 0, r.output
     obj = json.loads(r.stdout)
-    assert obj["T"] == T and obj["dims"] == 16 and obj["solve_seconds"] >= 0
+    assert obj["T"] == T and obj["dims"] == 16 and "solve_seconds" in obj
     scheds = obj["schedules"]
     assert [s["budget"] for s in scheds] == list(range(1, T + 1))
     for s in scheds:

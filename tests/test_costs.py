@@ -87,7 +87,8 @@ def test_full_chain_of_table_equals_direct_T_step_elbo(fixture, request, tmp_pat
     full = predicted_nats(run.table, np.arange(cset.T + 1))
     assert full == pytest.approx(terms.sum() + prior, rel=1e-9)
     assert run.table.dims == D and np.all(np.isinf(run.table.prior[:-1]))
-    assert np.all(run.table.L_se[:, 1:][np.triu(np.ones_like(L, bool), 1)[:, 1:]] >= 0)
+    se = run.table.L_se[np.triu(np.ones_like(L, bool), 1)]  # every step t -> s < t
+    assert np.all(np.isfinite(se)) and np.all(se > 0)  # measured, from 64 different examples
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large", "learned_range"])
@@ -147,6 +148,7 @@ def test_shards_merge_to_the_single_run_and_resume_continues(tiny_set_2d, tmp_pa
     np.testing.assert_array_equal(merged.L_se, whole.L_se)
     # an interrupted run leaves a partial file; --resume computes only the missing columns
     monkeypatch.setattr(ct, "PARTIAL_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr("ddpm_tools.costs.estimate.FLUSH_SECONDS", 0.0)  # every column
     calls = {"n": 0}
     real = ct.compute_columns
 
@@ -210,9 +212,9 @@ def test_cached_table_is_rebuilt_when_weights_change(tiny_set_2d, tmp_path):
     p = tmp_path / "set"
     shutil.copytree(tiny_set_2d, p)
     s = CostSettings(samples=16)
-    t1, path = ct.cached_cost_table(p, "8gaussians", settings=s)
+    t1, path = ct.cached_cost_table(load_set(p), "8gaussians", settings=s)
     mtime = path.stat().st_mtime_ns
-    t2, _ = ct.cached_cost_table(p, "8gaussians", settings=s)
+    t2, _ = ct.cached_cost_table(load_set(p), "8gaussians", settings=s)
     assert path.stat().st_mtime_ns == mtime and np.array_equal(t1.L, t2.L)  # reused
     cset = load_set(p)
     net = cset.load_member(0)
@@ -225,5 +227,5 @@ def test_cached_table_is_rebuilt_when_weights_change(tiny_set_2d, tmp_path):
     save_file(net.state_dict(), str(p / cset.manifest.members[0].weights))
     write_manifest(p, with_member(cset.manifest, 0,
                                   sha256=sha256_file(p / cset.manifest.members[0].weights)))
-    t3, _ = ct.cached_cost_table(p, "8gaussians", settings=s)
+    t3, _ = ct.cached_cost_table(load_set(p), "8gaussians", settings=s)
     assert t3.set_sha256 != t1.set_sha256 and not np.array_equal(t3.L, t1.L)

@@ -146,7 +146,7 @@ def test_optimize_table_beats_strides():
     a = make_table()
     res = optimize_table(a, None, source={"costs": "c.safetensors"})
     assert [r.schedule.budget for r in res.results] == list(range(1, T + 1))
-    assert res.T == T and res.dims == 4 and res.solve_seconds >= 0
+    assert res.T == T and res.dims == 4
     for r in res.results:
         K = r.schedule.budget
         assert r.schedule.method == "dp" and r.schedule.source["costs"] == "c.safetensors"

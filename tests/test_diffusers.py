@@ -8,10 +8,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from extras import import_extra
 from typer.testing import CliRunner
 
-pytest.importorskip("diffusers", reason="the diffusers extra is not installed "
-                                        "(pip install 'ddpm-tools[diffusers]')")
+import_extra("diffusers", "diffusers")
 import diffusers.schedulers.scheduling_ddpm as scheduling_ddpm  # noqa: E402
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
 

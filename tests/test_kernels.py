@@ -1,25 +1,33 @@
-"""numba kernels against plain numpy references (random T = 300 tables, every k)."""
+"""numba kernels against plain numpy references (random tables, every t and k)."""
 
 import numba
 import numpy as np
 import pytest
 
 from ddpm_tools.core import kernels
+from ddpm_tools.core.dp import solve_schedules_numpy
+from ddpm_tools.errors import BadInputError
 
 T = 300
 
 
-def numpy_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """C[k, t], bp[k, t] by broadcasting: C[k] = min_s C[k-1, s] + L[s, :] (first argmin)."""
+def reference_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """C[k, t], bp[k, t] read off the one numpy reference DP, ``solve_schedules_numpy``: with
+    the prior 0 at t and +inf elsewhere, the best k-step schedule ends at t, costs C[k, t]
+    (+ 0.0, bit for bit) and reaches t from s = bp[k, t]. Unreachable (t, k): C = +inf."""
     n = L.shape[0]
-    Lm = np.where(np.triu(np.ones((n, n), dtype=bool), 1), L, np.inf)
     C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
     bp = np.zeros((K + 1, n), dtype=np.int64)
-    for k in range(1, K + 1):
-        M = C[k - 1][:, None] + Lm
-        bp[k] = M.argmin(axis=0)
-        C[k] = M.min(axis=0)
+    for t in range(1, n):
+        prior = np.full(t + 1, np.inf)
+        prior[t] = 0.0
+        for k in range(1, min(t, K) + 1):
+            try:
+                (sol,) = solve_schedules_numpy(L[: t + 1, : t + 1], prior, [k])
+            except BadInputError:  # no finite k-step path reaches t
+                continue
+            C[k, t], bp[k, t] = sol.cost_nats, sol.timesteps[-2]
     return C, bp
 
 
@@ -49,10 +57,10 @@ def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16,
 
 
 @pytest.mark.parametrize("seed,inf_frac", [(0, 0.0), (1, 0.3)])
-def test_forward_equals_numpy_for_every_k(seed, inf_frac):
-    L = random_table(seed, inf_frac=inf_frac)
-    C_ref, bp_ref = numpy_forward(L, T)
-    C, bp = kernel_forward(L, T)
+def test_forward_equals_numpy_for_every_t_and_k(seed, inf_frac):
+    L = random_table(seed, n=61, inf_frac=inf_frac)  # T = 60: blocks of 16 and a rest
+    C_ref, bp_ref = reference_forward(L, 60)
+    C, bp = kernel_forward(L, 60)
     assert np.array_equal(C, C_ref)  # bit for bit: same additions, same minimum
     reachable = np.isfinite(C_ref)
     assert np.array_equal(bp[reachable], bp_ref[reachable])
@@ -60,14 +68,14 @@ def test_forward_equals_numpy_for_every_k(seed, inf_frac):
 
 @pytest.mark.parametrize(
     "T_,K,inf_frac,levels",
-    [(1, 1, 0.0, 0), (5, 5, 0.0, 3), (129, 7, 0.3, 0), (300, 32, 0.2, 4), (400, 399, 0.1, 0),
-     (700, 40, 0.5, 2)],
+    [(1, 1, 0.0, 0), (5, 5, 0.0, 3), (45, 45, 0.2, 3), (129, 7, 0.3, 0), (300, 32, 0.2, 4),
+     (400, 399, 0.1, 0), (700, 40, 0.5, 2)],
 )
 @pytest.mark.parametrize("threads", [1, 2])
 def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, threads):
-    """Bit for bit, ties and +inf included, for row blocks that cross column blocks."""
+    """Bit for bit, ties and +inf included, for row blocks that cross column blocks; the
+    numpy reference (one DP per (t, k)) only where it is fast (T <= 45)."""
     L = random_table(10 + T_, n=T_ + 1, inf_frac=inf_frac, levels=levels)
-    C_ref, bp_ref = numpy_forward(L, K)
     C1, bp1 = kernel_forward(L, K)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -78,9 +86,11 @@ def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, thread
             assert np.array_equal(C2, C1) and np.array_equal(bp2, bp1)
     finally:
         numba.set_num_threads(before)
-    assert np.array_equal(C1, C_ref)
-    reachable = np.isfinite(C_ref)
-    assert np.array_equal(bp1[reachable], bp_ref[reachable])
+    if T_ <= 45:
+        C_ref, bp_ref = reference_forward(L, K)
+        assert np.array_equal(C1, C_ref)
+        reachable = np.isfinite(C_ref)
+        assert np.array_equal(bp1[reachable], bp_ref[reachable])
 
 
 @pytest.mark.parametrize("block,chunks", [(1, (None,)), (7, (5, 123)), (300, (299,))])

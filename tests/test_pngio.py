@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extras import import_extra
 
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.io.png import image_grid, read_png, read_png_header, write_png
@@ -112,7 +113,7 @@ def _filter_types(data: bytes, height: int, stride: int) -> set[int]:
 
 
 def test_reads_matplotlib_png(tmp_path: Path) -> None:
-    plt = pytest.importorskip("matplotlib.pyplot")
+    plt = import_extra("matplotlib.pyplot", "plot")
     img = _image(np.random.default_rng(1), 40, 50, 3)
     path = tmp_path / "mpl.png"
     plt.imsave(path, img)
@@ -126,7 +127,7 @@ def test_reads_matplotlib_png(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode,channels", [("L", 1), ("LA", 2), ("RGB", 3), ("RGBA", 4)])
 def test_reads_pillow_png(tmp_path: Path, mode: str, channels: int) -> None:
-    image_mod = pytest.importorskip("PIL.Image")
+    image_mod = import_extra("PIL.Image", "plot")  # pillow comes with matplotlib
     img = _image(np.random.default_rng(2), 33, 17, channels)
     buf = io.BytesIO()
     image_mod.fromarray(img, mode=mode).save(buf, format="PNG")

@@ -56,14 +56,34 @@ def test_tiling_validation_names_gap_overlap_and_end():
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 50])
-def test_partitions_tile_and_snr_balances_log_snr(n):
+def test_partitions_tile(n):
     sch = make_schedule("linear", 50)
     for parts in (partition_uniform(50, n), partition_snr(sch, n)):
         assert parts[0][0] == 1 and parts[-1][1] == 50 and len(parts) == n
         assert all(b[0] == a[1] + 1 for a, b in zip(parts, parts[1:], strict=False))
-    if n == 3:
-        sizes = [hi - lo + 1 for lo, hi in partition_snr(sch, 3)]
-        assert sizes[0] < sizes[-1] or sizes != [17, 17, 16]  # snr cuts differ from uniform
+
+
+def _equal_log_snr_spans(sch, parts) -> bool:
+    """Each member covers 1/n of the log-SNR range [lambda(T), lambda(1)] up to one step:
+    member i spans lambda(end of i-1) - lambda(end of i) (lambda(1) for the first), and
+    every end may miss its equal-span level by at most the width of the step after it."""
+    lab = sch.log_alpha_bar
+    lam = lab[1:] - np.log(-np.expm1(lab[1:]))  # lambda(t) for t = 1..T, decreasing
+    width = (lam[0] - lam[-1]) / len(parts)
+    spans = [lam[0] - lam[parts[0][1] - 1]] + [lam[a[1] - 1] - lam[b[1] - 1]
+                                               for a, b in zip(parts, parts[1:], strict=False)]
+    # allowed miss at each end: the width of the step hi -> hi + 1 (none at t = 1 and T)
+    misses = [0.0] + [lam[hi - 1] - lam[hi] for _, hi in parts[:-1]] + [0.0]
+    return all(abs(span - width) <= misses[i] + misses[i + 1] + 1e-12
+               for i, span in enumerate(spans))
+
+
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_snr_partition_has_equal_log_snr_spans_and_uniform_has_not(n):
+    sch = make_schedule("linear", 50)
+    assert _equal_log_snr_spans(sch, partition_snr(sch, n))
+    assert not _equal_log_snr_spans(sch, partition_uniform(50, n))
+    assert [hi - lo + 1 for lo, hi in partition_snr(sch, 3)] == [12, 23, 15]
 
 
 def test_routing_mixed_t_in_one_batch(tmp_path):

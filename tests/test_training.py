@@ -285,7 +285,7 @@ def test_torchrun_two_ranks_train_every_member_like_one_process(tmp_path):
 
 
 def test_each_torchrun_rank_uses_its_own_gpu(monkeypatch):
-    from ddpm_tools.training.parallel import rank_device
+    from ddpm_tools.device import rank_device
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert rank_device("cuda") == "cuda"
     monkeypatch.setenv("LOCAL_RANK", "3")

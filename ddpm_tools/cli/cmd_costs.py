@@ -5,19 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
-from ddpm_tools.core.gaussian import nats_to_bpd
-from ddpm_tools.costs.build import CostTableRun, Shard, build_cost_table, merge_cost_tables
+from ddpm_tools.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    console,
+    fmt,
+    print_json,
+    rank_progress,
+)
 from ddpm_tools.costs.estimate import CostSettings
-from ddpm_tools.costs.table_file import CostTable, predicted_bpd
-from ddpm_tools.data import load_data
-from ddpm_tools.device import resolve_device
-from ddpm_tools.errors import BadInputError
-from ddpm_tools.sets import load_set
+from ddpm_tools.costs.run import CostTableReport, merge_shards, run_cost_table
+from ddpm_tools.costs.summary import TableSummary
+from ddpm_tools.device import is_main_process
 
 cost_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
 app.add_typer(cost_app, name="cost-table",
@@ -25,38 +28,31 @@ app.add_typer(cost_app, name="cost-table",
                    "example) and the prior; `cost-table merge` joins shards.")
 
 
-def _full_chain_bpd(table: CostTable) -> tuple[float, float]:
-    """(full-chain bits/dim, prior bits/dim) predicted by a table."""
-    full = predicted_bpd(table, np.arange(table.T + 1))
-    return full, float(nats_to_bpd(float(table.prior[table.T]), table.dims))
-
-
-def _summary(table: CostTable) -> dict[str, object]:
+def _summary(s: TableSummary) -> dict[str, object]:
     """Headline numbers of a table for --json."""
-    full_bpd, prior_bpd = _full_chain_bpd(table)
-    return {"T": table.T, "dims": table.dims, "n_samples": table.n_samples,
-            "split": table.split, "full_chain_bpd": full_bpd, "prior_bpd": prior_bpd}
+    return {"T": s.T, "dims": s.dims, "n_samples": s.n_samples, "split": s.split,
+            "full_chain_bpd": s.full_chain_bpd, "prior_bpd": s.prior_bpd}
 
 
-def _print(run: CostTableRun, json_out: bool) -> None:
+def _print(report: CostTableReport, json_out: bool) -> None:
+    run, summary = report.run, report.summary
     info: dict[str, object] = {"out": str(run.path), "columns_done": run.columns_done,
                                "columns_total": run.columns_total, "seconds": run.seconds}
-    if run.table is not None:
-        info.update(_summary(run.table))
+    if summary is not None:
+        info.update(_summary(summary))
     if json_out:
         print_json(info)
         return
-    if run.table is None:
+    if summary is None:
         console.print(f"shard written to {run.path}: {run.columns_done} of its "
                       f"{run.columns_total} columns t in {run.seconds:.1f} s; join the shards "
                       "with `ddpm-tools cost-table merge`")
         return
-    t = run.table
-    full_bpd, prior_bpd = _full_chain_bpd(t)
+    t = summary
     console.print(f"cost table written to {run.path} ({run.seconds:.1f} s): T = {t.T}, "
                   f"{t.n_samples} examples of the {t.split} split")
-    console.print(f"  full chain (all T steps): {fmt(full_bpd)} bits/dim predicted, of which "
-                  f"prior {fmt(prior_bpd)}")
+    console.print(f"  full chain (all T steps): {fmt(t.full_chain_bpd)} bits/dim predicted, "
+                  f"of which prior {fmt(t.prior_bpd)}")
     console.print("  next: ddpm-tools optimize-schedule --costs "
                   f"{run.path} --budget 32")
 
@@ -76,9 +72,11 @@ def cost_table_cmd(
     seed: Annotated[int, typer.Option(help="Picks the examples and the noise.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from OUT.partial."
                                          )] = False,
-    shard: Annotated[str | None, typer.Option(help="Compute shard i/n of the columns t "
-                                                   "(t = i+1, i+1+n, ...); merge later.")
-                     ] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Compute shard i/n of the columns t (t = i+1, i+1+n, ...; merge later), or "
+             "auto: under torchrun every rank its share and rank 0 writes OUT, in a Slurm "
+             "job array the task's shard.")] = None,
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Build the KL cost table of a set: exactly T network calls per example.
@@ -88,19 +86,13 @@ def cost_table_cmd(
     """
     if ctx.invoked_subcommand is not None:
         return
-    missing = [n for n, v in (("--set", set_dir), ("--data", data), ("--out", out)) if v is None]
-    if missing:
-        raise BadInputError(f"cost-table needs {', '.join(missing)}; see ddpm-tools cost-table "
-                            "--help")
-    assert set_dir is not None and data is not None and out is not None
-    cset = load_set(set_dir)
-    split_data = load_data(data, split, seed=seed)
-    settings = CostSettings(samples=samples, batch_size=batch_size, seed=seed)
-    dev = str(resolve_device(device))
-    with rich_progress(enabled=not json_out) as progress:
-        run = build_cost_table(cset, split_data, out, settings, device=dev, resume=resume,
-                               shard=Shard.parse(shard) if shard else None, progress=progress)
-    _print(run, json_out)
+    with rank_progress(json_out) as progress:
+        run = run_cost_table(set_dir, data, out, split=split, device=device, resume=resume,
+                             settings=CostSettings(samples=samples, batch_size=batch_size,
+                                                   seed=seed, precision=precision),
+                             shard=shard, progress=progress)
+    if is_main_process():  # under torchrun only rank 0 prints
+        _print(run, json_out)
 
 
 @cost_app.command("merge")
@@ -110,10 +102,9 @@ def merge_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Join the shards of one cost-table run into the complete table."""
-    table = merge_cost_tables(list(shards), out)
-    info = {"out": str(out), **_summary(table)}
+    summary = merge_shards(list(shards), out)
     if json_out:
-        print_json(info)
+        print_json({"out": str(out), **_summary(summary)})
     else:
-        console.print(f"merged {len(shards)} shards into {out}: T = {table.T}, full chain "
-                      f"{fmt(_full_chain_bpd(table)[0])} bits/dim predicted")
+        console.print(f"merged {len(shards)} shards into {out}: T = {summary.T}, full chain "
+                      f"{fmt(summary.full_chain_bpd)} bits/dim predicted")

@@ -13,20 +13,21 @@ from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import (
     DeviceOpt,
     JsonOpt,
+    PrecisionOpt,
+    SetOpt,
     console,
     fmt,
     fmt_se,
     print_json,
+    rank_progress,
     rich_progress,
 )
-from ddpm_tools.costs.estimate import CostSettings
-from ddpm_tools.data import load_data
-from ddpm_tools.device import resolve_device
-from ddpm_tools.likelihood.elbo import ScheduleEval, eval_likelihood
+from ddpm_tools.likelihood.elbo import LikelihoodEval, ScheduleEval
 from ddpm_tools.likelihood.ode import ODESettings
-from ddpm_tools.sampling.sample_file import SampleRun, draw_samples
-from ddpm_tools.schedules.spec import SPEC_HELP, CostSource, resolve_schedule
-from ddpm_tools.sets import load_set
+from ddpm_tools.likelihood.run import eval_schedules
+from ddpm_tools.sampling.run import sample_schedule
+from ddpm_tools.sampling.sample_file import SampleRun
+from ddpm_tools.schedules.spec import SPEC_HELP
 
 TableSamplesOpt = Annotated[int, typer.Option(
     "--table-samples", min=2, help="Examples of the train-split cost table behind dp:K.")]
@@ -37,7 +38,7 @@ CostsOpt = Annotated[Path | None, typer.Option(
 
 @app.command("eval-bpd")
 def eval_bpd_cmd(
-    set_dir: Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")],
+    set_dir: SetOpt,
     data: Annotated[str, typer.Option(help="Data the set was trained on.")],
     schedule: Annotated[list[str] | None, typer.Option(
         "--schedule", help=SPEC_HELP + " Repeatable; with --method ode it defaults to full."
@@ -59,6 +60,7 @@ def eval_bpd_cmd(
         min=1, help="--method ode: Hutchinson probes per example when D > 16 (exact "
                     "divergence otherwise).")] = 1,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     json_out: JsonOpt = False,
 ) -> None:
     """Bits/dim (negative ELBO) of schedules on held-out data, with standard errors.
@@ -67,25 +69,26 @@ def eval_bpd_cmd(
     is the paired difference to the first schedule, with its own standard error.
     A schedule may start below T where the set has an auxiliary prior (train-prior).
     --method ode adds the probability-flow ODE bits/dim (Song et al. 2021; discrete data
-    uniformly dequantized) on the same examples.
+    uniformly dequantized) on the same examples. Under torchrun the ranks split the
+    examples and rank 0 prints the numbers of one process.
     """
-    cset = load_set(set_dir)
-    dev = str(resolve_device(device))
-    split_data = load_data(data, split, seed=seed)
-    source = CostSource(data, CostSettings(samples=table_samples, seed=seed), dev, costs)
-    with rich_progress(enabled=not json_out) as progress:
-        scheds = [resolve_schedule(s, set_dir, cset.T, source, progress)
-                  for s in schedule or []]
-        res = eval_likelihood(cset, split_data, scheds, method=method, samples=samples,
-                              seed=seed, batch_size=batch_size, device=dev,
-                              ode=ODESettings(steps=ode_steps, probes=probes,
-                                              batch_size=batch_size), progress=progress)
+    with rank_progress(json_out) as progress:
+        res = eval_schedules(set_dir, data, schedule or [], split=split, samples=samples,
+                             table_samples=table_samples, costs=costs, batch_size=batch_size,
+                             seed=seed, method=method, device=device, progress=progress,
+                             ode=ODESettings(steps=ode_steps, probes=probes,
+                                             batch_size=batch_size), precision=precision)
+    if res.elbo:  # empty on the torchrun ranks other than 0: rank 0 prints
+        _print_likelihood(res, f"{data} ({split} split", json_out)
+
+
+def _print_likelihood(res: LikelihoodEval, where: str, json_out: bool) -> None:
     results = res.elbo
     if json_out:
         elbo = [_eval_json(r) for r in results]
         print_json(elbo if res.ode is None else {"elbo": elbo, "ode": asdict(res.ode)})
         return
-    _print_evals(results, f"bits/dim on {data} ({split} split, n = {results[0].n}); "
+    _print_evals(results, f"bits/dim on {where}, n = {results[0].n}); "
                           "± is one standard error")
     if res.ode is not None:
         o = res.ode
@@ -114,7 +117,7 @@ def _print_evals(results: list[ScheduleEval], title: str) -> None:
 
 @app.command("sample")
 def sample_cmd(
-    set_dir: Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")],
+    set_dir: SetOpt,
     schedule: Annotated[str, typer.Option(help=SPEC_HELP)],
     out: Annotated[Path, typer.Option(help="Output .npz (key 'samples').")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of samples.")] = 64,
@@ -132,14 +135,10 @@ def sample_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Draw samples along a schedule (K network calls each); images in the data's levels."""
-    cset = load_set(set_dir)
-    dev = str(resolve_device(device))
-    source = CostSource(data or cset.manifest.data.name,
-                        CostSettings(samples=table_samples, seed=seed), dev, costs)
     with rich_progress(enabled=not json_out) as progress:
-        label, tau = resolve_schedule(schedule, set_dir, cset.T, source, progress)
-        run = draw_samples(cset, label, tau, n, out, grid=grid, eta=eta, seed=seed,
-                           device=dev, progress=progress)
+        run = sample_schedule(set_dir, schedule, n, out, grid=grid, eta=eta, data=data,
+                              table_samples=table_samples, costs=costs, seed=seed,
+                              device=device, progress=progress)
     _print_sample(run, json_out)
 
 

@@ -10,7 +10,7 @@ import typer
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import JsonOpt, print_json
-from ddpm_tools.schedules.schedule_file import read_schedule
+from ddpm_tools.schedules.export import ScheduleExport, export_schedule
 
 
 class Target(str, Enum):
@@ -42,23 +42,17 @@ def export_schedule_cmd(
     ddpm-tools calls the network at tau_1..tau_K (t in [1, T]); diffusers and
     improved-diffusion count from 0, so each time t becomes index t - 1.
     """
-    s = read_schedule(schedule)
-    if to is Target.diffusers:
-        values = s.diffusers_timesteps
-        code = f"timesteps = {values}"
-    else:
-        values = s.improved_diffusion_use_timesteps
-        code = "use_timesteps = {" + ", ".join(map(str, values)) + "}"
-    start = int(s.timesteps[-1])
-    note = None if start == s.T else (
-        f"the schedule starts at t = {start} < T = {s.T} (a truncated prior): start the "
-        "loop from a sample of the auxiliary prior at that time, not from N(0, I)")
+    _print(export_schedule(schedule, to.value), schedule, to, json_out)
+
+
+def _print(e: ScheduleExport, schedule: Path, to: Target, json_out: bool) -> None:
+    s = e.schedule
     if json_out:
-        print_json({"schedule": str(schedule), "to": to.value, "T": s.T, "budget": s.budget,
-                    "timesteps": values, "code": code, "note": note})
+        print_json({"schedule": str(schedule), "to": e.to, "T": s.T, "budget": s.budget,
+                    "timesteps": e.timesteps, "code": e.code, "note": e.note})
         return
     typer.echo(f"# {schedule.name}: K = {s.budget} steps of T = {s.T}, 0-based (index t - 1), "
                f"{USAGE[to]}")
-    if note:
-        typer.echo(f"# note: {note}")
-    typer.echo(code)  # plain echo: a long list stays on one line, ready to paste
+    if e.note:
+        typer.echo(f"# note: {e.note}")
+    typer.echo(e.code)  # plain echo: a long list stays on one line, ready to paste

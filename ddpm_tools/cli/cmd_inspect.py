@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import JsonOpt, console, fmt, print_json
-from ddpm_tools.costs.table_file import CostTable, predicted_bpd, read_cost_table
+from ddpm_tools.costs.summary import TableSummary, inspect_table
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.schedules.schedule_file import read_schedule, schedule_to_dict
 from ddpm_tools.sets.inspect import SetReport, inspect_set
@@ -28,7 +28,7 @@ def inspect_cmd(
         rep = inspect_set(path)
         print_json(rep.to_json()) if json_out else _print_set(rep)
     elif path.suffix == ".safetensors":
-        info = _table_info(read_cost_table(path))
+        info = _table_info(inspect_table(path))
         print_json(info) if json_out else _print_kv(f"cost table {path}", info)
     elif path.suffix == ".json":
         d = schedule_to_dict(read_schedule(path))
@@ -41,14 +41,10 @@ def inspect_cmd(
                             ".json schedule; inspect reads those three")
 
 
-def _table_info(t: CostTable) -> dict[str, Any]:
-    starts = np.flatnonzero(np.isfinite(t.prior))
-    return {"T": t.T, "dims": t.dims, "n_samples": t.n_samples, "split": t.split,
-            "seed": t.seed, "variance": t.variance, "data": t.data,
-            "set_sha256": t.set_sha256, "version": t.version,
-            "standard_errors": t.L_se is not None,
-            "prior_finite_at": starts.tolist(),
-            "full_chain_bpd": predicted_bpd(t, np.arange(t.T + 1))}
+def _table_info(s: TableSummary) -> dict[str, Any]:
+    info = dataclasses.asdict(s)
+    del info["prior_bpd"]  # inspect shows the full chain; cost-table adds the prior term
+    return info
 
 
 def _print_kv(title: str, info: dict[str, Any]) -> None:

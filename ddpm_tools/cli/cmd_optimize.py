@@ -10,15 +10,9 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
-from ddpm_tools.costs.build import cached_cost_table
 from ddpm_tools.costs.estimate import CostSettings
-from ddpm_tools.costs.table_file import read_cost_table
-from ddpm_tools.device import resolve_device
-from ddpm_tools.errors import BadInputError
-from ddpm_tools.io.files import ensure_writable_dir, sha256_file
-from ddpm_tools.io.plots import check_plot_target, frontier_png
-from ddpm_tools.schedules.optimize import OptimizeResult, optimize_table
-from ddpm_tools.schedules.schedule_file import write_schedule
+from ddpm_tools.schedules.optimize import OptimizeResult
+from ddpm_tools.schedules.run import ScheduleRun, optimize_schedules
 
 SHOWN_TIMESTEPS = 10  # longer schedules are shortened in the table
 
@@ -56,52 +50,24 @@ def optimize_schedule_cmd(
     """Find the ELBO-optimal K-step schedule exactly (dynamic program over the cost table)
     for each budget K, next to the even and quadratic strides. Units: bits/dim; the JSON
     also gives nats per example."""
-    if (set_dir is None) != (data is None):
-        raise BadInputError("--set and --data go together: the table is built from the set "
-                            "on that data")
-    if (costs is None) == (set_dir is None):
-        raise BadInputError("pass either --costs FILE (written by cost-table) or --set DIR "
-                            "--data NAME, exactly one of the two")
-    if all_budgets == bool(budget):
-        raise BadInputError(
-            "give either --budget K (repeatable) or --all-budgets, exactly one of the two"
-        )
-    if out is not None:
-        ensure_writable_dir(out)
-    if plot is not None:
-        check_plot_target(plot)
     with rich_progress(enabled=not json_out) as progress:
-        if costs is None:
-            assert set_dir is not None and data is not None
-            _, costs = cached_cost_table(set_dir, data, "train",
-                                         CostSettings(samples=samples, seed=seed),
-                                         device=str(resolve_device(device)), progress=progress)
-        table = read_cost_table(costs)
-        source: dict[str, str | int | float] = {
-            "costs": str(costs), "costs_sha256": sha256_file(costs)}
-        budgets = None if all_budgets else list(dict.fromkeys(budget or []))  # unique, in order
-        result = optimize_table(table, budgets, truncate=truncate, source=source,
-                                progress=progress)
-    written = []
-    if out is not None:
-        for r in result.results:
-            path = out / f"schedule_K{r.schedule.budget}.json"
-            write_schedule(path, r.schedule)
-            written.append(path)
-    if plot is not None:
-        ks = [r.schedule.budget for r in result.results]
-        frontier_png(plot, ks, {"DP (optimal)": [r.schedule.predicted_bpd for r in result.results],
-                                "even stride": [r.even_bpd for r in result.results],
-                                "quadratic stride": [r.quadratic_bpd for r in result.results]},
-                     title=f"T = {result.T}")
+        run = optimize_schedules(budget or [], all_budgets=all_budgets, costs=costs,
+                                 set_dir=set_dir, data=data,
+                                 settings=CostSettings(samples=samples, seed=seed),
+                                 truncate=truncate, out=out, plot=plot, device=device,
+                                 progress=progress)
+    _print_run(run, out, json_out)
+
+
+def _print_run(run: ScheduleRun, out: Path | None, json_out: bool) -> None:
     if json_out:
-        print_json(_to_json(result))
+        print_json(_to_json(run.result))
         return
-    _print_table(result, costs)
-    if written:
-        console.print(f"wrote {len(written)} schedule file(s) to {out}")
-    if plot is not None:
-        console.print(f"wrote plot {plot}")
+    _print_table(run.result, run.costs)
+    if run.written:
+        console.print(f"wrote {len(run.written)} schedule file(s) to {out}")
+    if run.plot is not None:
+        console.print(f"wrote plot {run.plot}")
 
 
 def _to_json(result: OptimizeResult) -> dict[str, Any]:

@@ -10,10 +10,6 @@ from rich.table import Table
 
 from ddpm_tools.cli.app import app
 from ddpm_tools.cli.common import JsonOpt, SeedOpt, console, fmt, print_json, rich_progress
-from ddpm_tools.core.noise_schedule import make_schedule
-from ddpm_tools.data import load_data
-from ddpm_tools.errors import BadInputError
-from ddpm_tools.io.plots import check_plot_target
 from ddpm_tools.stages.clustering import (
     DEFAULT_ALPHA,
     DEFAULT_ETA,
@@ -21,8 +17,8 @@ from ddpm_tools.stages.clustering import (
     DEFAULT_MAX_REFERENCE,
     DEFAULT_SAMPLES,
     ClusterResult,
-    cluster_partition,
 )
+from ddpm_tools.stages.run import partition_data
 
 DATA_HELP = ("Training data: digits, 8gaussians, checkerboard, moons, swissroll, pinwheel, "
              "2spirals, npz:PATH or folder:PATH (its train split is used).")
@@ -70,23 +66,11 @@ def partition_cmd(
     """Cut [1, T] into stages where the optimal denoiser's task changes (timestep
     clustering of Zhang et al. 2024): print each stage's t-range and draw the similarity
     matrix. The ranges are what `train --partition cluster` uses."""
-    if alpha is not None and method != "threshold":
-        raise BadInputError("--alpha is the cut-off of the threshold rule; add --method "
-                            "threshold or drop --alpha")
-    if plot is not None:
-        check_plot_target(plot)
-    sched = make_schedule(schedule, T)
-    split = load_data(data, "train", seed=seed)
     with rich_progress(enabled=not json_out) as progress:
-        res = cluster_partition(
-            split, sched, stages, samples=samples, eta=eta,
-            alpha=DEFAULT_ALPHA if alpha is None else alpha, grid=grid, method=method,
-            objective=objective, target=target, max_reference=max_reference, seed=seed,
-            progress=progress)
-    if plot is not None:
-        from ddpm_tools.stages.plot import similarity_png
-
-        similarity_png(res, plot)
+        res = partition_data(data, stages, T=T, schedule=schedule, samples=samples, eta=eta,
+                             alpha=alpha, method=method, objective=objective, target=target,
+                             grid=grid, max_reference=max_reference, plot=plot, seed=seed,
+                             progress=progress)
     if json_out:
         print_json({"data": data, "schedule": schedule, **res.to_json(),
                     "plot": None if plot is None else str(plot)})

@@ -9,14 +9,13 @@ import typer
 from rich.table import Table
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import JsonOpt, console, fmt, fmt_se, print_json, rich_progress
-from ddpm_tools.core.gaussian import nats_to_bpd
+from ddpm_tools.cli.common import JsonOpt, SetOpt, console, fmt, fmt_se, print_json, rich_progress
 from ddpm_tools.priors import AuxPrior, FitSettings, make_config, train_priors
 
 
 @app.command("train-prior")
 def train_prior_cmd(
-    set_dir: Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")],
+    set_dir: SetOpt,
     data: Annotated[str, typer.Option(help="Data the set was trained on; its train split is "
                                            "diffused to time t and fitted.")],
     at: Annotated[list[int] | None, typer.Option(
@@ -47,13 +46,8 @@ def train_prior_cmd(
     _print(priors, set_dir, data)
 
 
-def _prior_bpd(p: AuxPrior) -> tuple[float, float]:
-    return (float(nats_to_bpd(p.info.prior_nats, p.dims)),
-            float(nats_to_bpd(p.info.prior_se, p.dims)))
-
-
 def _json(p: AuxPrior) -> dict[str, object]:
-    bpd, bpd_se = _prior_bpd(p)
+    bpd, bpd_se = p.prior_bpd
     return {"t": p.t, "kind": p.kind, "train_ll": p.info.train_ll,
             "heldout_ll": p.info.heldout_ll, "prior_nats": p.info.prior_nats,
             "prior_se": p.info.prior_se, "prior_bpd": bpd, "prior_bpd_se": bpd_se,
@@ -68,7 +62,7 @@ def _print(priors: list[AuxPrior], set_dir: Path, data: str) -> None:
                 "prior cost (bits/dim)"):
         table.add_column(col, justify="right")
     for p in priors:
-        bpd, bpd_se = _prior_bpd(p)
+        bpd, bpd_se = p.prior_bpd
         table.add_row(str(p.t), p.kind, fmt(p.info.train_ll), fmt(p.info.heldout_ll),
                       fmt_se(p.info.prior_nats, p.info.prior_se), fmt_se(bpd, bpd_se))
     console.print(table)

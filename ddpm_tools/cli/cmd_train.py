@@ -10,8 +10,15 @@ import typer
 from rich.table import Table
 
 from ddpm_tools.cli.app import app
-from ddpm_tools.cli.common import DeviceOpt, JsonOpt, console, fmt, print_json, rich_progress
-from ddpm_tools.device import resolve_device
+from ddpm_tools.cli.common import (
+    DeviceOpt,
+    JsonOpt,
+    SetOpt,
+    console,
+    fmt,
+    print_json,
+    rich_progress,
+)
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.training.api import TrainReport, train, train_interval
 from ddpm_tools.training.config import TrainConfig
@@ -83,9 +90,8 @@ def train_cmd(
                    prediction=prediction, variance=variance, stage_sampling=stage_sampling)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema=ema,
                       checkpoint_every=checkpoint_every, seed=seed)
-    dev = str(resolve_device(device))
     with rich_progress(enabled=not json_out) as progress:
-        rep = train(out, data, spec, cfg, workers=workers, device=dev, progress=progress)
+        rep = train(out, data, spec, cfg, workers=workers, device=device, progress=progress)
     _report(rep, json_out)
 
 
@@ -100,7 +106,7 @@ def _report(rep: TrainReport, json_out: bool) -> None:
 
 @app.command("train-interval")
 def train_interval_cmd(
-    set_dir: Annotated[Path, typer.Option("--set", help="Checkpoint set folder.")],
+    set_dir: SetOpt,
     member: Annotated[str, typer.Option(help="Member index, or 'auto' under torchrun (rank r "
                                              "takes members r, r+W, ...).")],
     steps: Annotated[int | None, typer.Option(min=1, help="Train up to this many steps "
@@ -109,15 +115,18 @@ def train_interval_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Train one member of a set (resumable: a rerun continues from its last checkpoint)."""
-    if member != "auto":
-        try:
-            index: int | None = int(member)
-        except ValueError:
-            raise BadInputError(f"--member must be an integer index or 'auto' (got "
-                                f"{member!r})") from None
-    else:
-        index = None
-    dev = str(resolve_device(device))
     with rich_progress(enabled=not json_out) as progress:
-        rep = train_interval(set_dir, index, steps=steps, device=dev, progress=progress)
+        rep = train_interval(set_dir, _member_index(member), steps=steps, device=device,
+                             progress=progress)
     _report(rep, json_out)
+
+
+def _member_index(member: str) -> int | None:
+    """Parses --member: an integer index, or None for 'auto'."""
+    if member == "auto":
+        return None
+    try:
+        return int(member)
+    except ValueError:
+        raise BadInputError(f"--member must be an integer index or 'auto' (got "
+                            f"{member!r})") from None

@@ -8,6 +8,7 @@ from ddpm_tools.cli import (  # noqa: F401  (each module registers its commands)
     cmd_eval,
     cmd_eval_samples,
     cmd_export,
+    cmd_import,
     cmd_inspect,
     cmd_optimize,
     cmd_partition,

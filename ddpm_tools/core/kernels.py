@@ -58,7 +58,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     # numba's own pool sleeps while it waits; OpenMP's spins, and on a machine where
     # other processes keep the cores busy a spinning thread takes the time the thread
     # it waits for needs (the threaded DP then ran 2-4x slower than on one thread)
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 DP_BLOCK = 16  # source rows s pushed together by one thread (C[k, t-block] reused per block)
 DP_BLOCK_PARALLEL = 128  # rows per meeting of the threads in the parallel kernel

@@ -35,7 +35,6 @@ from ddpm_tools.io.files import atomic_write_bytes, ensure_writable_dir
 from ddpm_tools.priors.store import load_priors, prior_fingerprint
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
-from ddpm_tools.sets.load import load_set
 
 PARTIAL_FORMAT = "ddpm-tools/cost-partial"
 PARTIAL_EVERY_SECONDS = 30.0  # how often partial results are written during a run
@@ -77,7 +76,7 @@ def _meta(cset: CheckpointSet, data: DataSplit, s: CostSettings, n: int) -> dict
     return {"format": PARTIAL_FORMAT, "T": str(cset.T), "dims": str(data.dims),
             "n_samples": str(n), "split": data.split, "seed": str(s.seed),
             "variance": cset.manifest.variance, "set_sha256": set_fingerprint(cset),
-            "data": data.name}
+            "data": data.name, "precision": s.precision}  # shards must not mix precisions
 
 
 def _write_partial(path: Path, cols: CostColumns, prior: np.ndarray, prior_se: np.ndarray,
@@ -205,12 +204,11 @@ def cache_path(cset: CheckpointSet, data: str, split: str, settings: CostSetting
         ".safetensors"
 
 
-def cached_cost_table(set_dir: str | os.PathLike[str], data: str, split: str = "train",
+def cached_cost_table(cset: CheckpointSet, data: str, split: str = "train",
                       settings: CostSettings = CostSettings(), device: str = "cpu",
                       progress: ProgressFn | None = None) -> tuple[CostTable, Path]:
-    """The set's table for these settings: reused from its cache when the set's weights
-    are unchanged, else built (and cached) first."""
-    cset = load_set(set_dir)
+    """The table of a loaded set for these settings: reused from the set's cache when its
+    weights are unchanged, else built (and cached) first. Returns (table, its path)."""
     path = cache_path(cset, data, split, settings)
     if path.exists():
         table = read_cost_table(path)
@@ -219,5 +217,5 @@ def cached_cost_table(set_dir: str | os.PathLike[str], data: str, split: str = "
     split_data = load_data(data, split, seed=settings.seed)
     run = build_cost_table(cset, split_data, path, settings, device=device, resume=True,
                            progress=progress)
-    assert run.table is not None
+    assert run.table is not None  # a run without a shard always returns its table
     return run.table, path

@@ -20,6 +20,7 @@ Standard errors are across examples (one x_t per example and t).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,13 +33,15 @@ from ddpm_tools.data import DataSplit
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.priors.model import AuxPrior
 from ddpm_tools.priors.terms import aux_prior_nats
-from ddpm_tools.progress import ProgressFn, report
+from ddpm_tools.progress import ProgressFn, report, warn
+from ddpm_tools.sets.calls import AdaptiveBatch
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
 from ddpm_tools.sets.denoiser import Denoiser
 
 COST_STREAM = 0  # noise stream of cost tables
 EVAL_STREAM = 1  # noise stream of eval-bpd: fresh noise, independent of the cost table
 CHUNK_ELEMENTS = 1 << 24  # learned_range: elements per (examples x dims x s) chunk
+FLUSH_SECONDS = 5.0  # columns computed on a GPU reach the host (and checkpoint) this often
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class CostSettings:
     samples: int = 512  # examples of the split used (first of a seeded permutation)
     batch_size: int = 256  # examples per network call
     seed: int = 0  # picks the examples and the noise; same seed, same table
+    precision: str = "fp32"  # network autocast: fp32, bf16 or fp16 (KL math stays float64)
 
 
 @dataclass
@@ -88,12 +92,18 @@ def noise_for(t: int, seed: int, shape: tuple[int, ...], stream: int = COST_STRE
     return torch.randn(shape, generator=g, dtype=torch.float64)
 
 
-def _mean_se(per_example: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over dim 0 (float64 numpy)."""
+def _mean_se_device(per_example: torch.Tensor) -> torch.Tensor:
+    """``[2, m]``: mean and standard error over dim 0 of ``[n, m]``, on its device."""
     n = per_example.shape[0]
     m = per_example.mean(0)
     se = per_example.std(0, unbiased=True) / math.sqrt(n) if n > 1 else torch.zeros_like(m)
-    return m.cpu().numpy(), se.cpu().numpy()
+    return torch.stack([m, se])
+
+
+def _mean_se(per_example: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard error over dim 0 (float64 numpy)."""
+    m, se = _mean_se_device(per_example).cpu().numpy()
+    return m, se
 
 
 def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
@@ -186,27 +196,40 @@ def compute_columns(cset: CheckpointSet, x0: torch.Tensor, settings: CostSetting
                     checkpoint: Callable[[CostColumns], None] | None = None) -> CostColumns:
     """Fill ``cols`` for each t in ``times`` not yet done: one network call per example.
 
-    ``checkpoint``, if given, is called as ``checkpoint(cols)`` after every column
-    (the caller decides how often to write it).
+    Finished columns stay on the device and reach ``cols`` together every
+    :data:`FLUSH_SECONDS` and at the end (no host sync per column on a GPU);
+    ``checkpoint``, if given, is then called as ``checkpoint(cols)`` (the caller decides
+    how often to write it). The examples per network call start at
+    ``settings.batch_size`` and halve on CUDA out-of-memory (said once via ``progress``).
     """
-    den = Denoiser(cset, device=device)
+    den = Denoiser(cset, device=device, precision=settings.precision)
     dev = torch.device(device)
     n = x0.shape[0]
     todo = [t for t in times if not cols.done[t]]
+    batch = AdaptiveBatch(settings.batch_size, lambda msg: warn(progress, msg))
+    pending: list[tuple[int, torch.Tensor]] = []  # (t, [2, t] mean and se on the device)
+    flushed = time.perf_counter()
     for k, t in enumerate(todo):
         per = torch.empty((n, t), dtype=torch.float64, device=dev)
         eps = noise_for(t, settings.seed, tuple(x0.shape))
-        for a in range(0, n, settings.batch_size):
-            xb = x0[a : a + settings.batch_size].to(dev)
-            tb = np.full(xb.shape[0], t, dtype=np.int64)
-            x_t = q_sample(cset.schedule, xb, tb, eps[a : a + settings.batch_size].to(dev))
+
+        def body(a: int, b: int, t: int = t, per: torch.Tensor = per,
+                 eps: torch.Tensor = eps) -> None:
+            xb = x0[a:b].to(dev)
+            tb = np.full(b - a, t, dtype=np.int64)
+            x_t = q_sample(cset.schedule, xb, tb, eps[a:b].to(dev))
             pred = den(x_t, tb)
-            per[a : a + xb.shape[0]] = step_costs(cset, t, np.arange(t), xb, pred.x0_hat,
-                                                  pred.v)
-        m, se = _mean_se(per)
-        cols.L[:t, t], cols.L_se[:t, t] = m, se
-        cols.done[t] = True
-        if checkpoint is not None:
-            checkpoint(cols)
+            per[a:b] = step_costs(cset, t, np.arange(t), xb, pred.x0_hat, pred.v)
+
+        batch.run(n, body)
+        pending.append((t, _mean_se_device(per)))
+        if k + 1 == len(todo) or time.perf_counter() - flushed >= FLUSH_SECONDS:
+            for tp, stats in pending:
+                m, se = stats.cpu().numpy()
+                cols.L[:tp, tp], cols.L_se[:tp, tp] = m, se
+                cols.done[tp] = True
+            pending, flushed = [], time.perf_counter()
+            if checkpoint is not None:
+                checkpoint(cols)
         report(progress, "cost table (over t)", k + 1, len(todo))
     return cols

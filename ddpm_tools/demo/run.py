@@ -169,7 +169,7 @@ def run_plan(plan: DataPlan, cfg: DemoConfig, out: Path,
         cset = load_set(set_dir)
         fp = set_fingerprint(cset)
         settings = CostSettings(samples=plan.table_samples, seed=cfg.seed)
-        table, table_path = cached_cost_table(set_dir, plan.data, "train", settings,
+        table, table_path = cached_cost_table(cset, plan.data, "train", settings,
                                               progress=progress)
         pred = _cached(ddir / f"{set_dir.name}-pred.json", {"fp": fp, "b": budgets,
                        "s": asdict(settings)}, partial(_predictions, table, budgets))

@@ -28,10 +28,13 @@ from ddpm_tools.core.diffusion import q_sample
 from ddpm_tools.core.gaussian import prior_kl
 from ddpm_tools.costs.estimate import EVAL_STREAM, noise_for, select_examples, step_costs
 from ddpm_tools.data import DataSplit
+from ddpm_tools.device import torchrun_ranks
 from ddpm_tools.errors import BadInputError
+from ddpm_tools.likelihood.distributed import gather_examples, rank_rows
 from ddpm_tools.likelihood.ode import ODEEval, ODESettings, eval_ode
 from ddpm_tools.priors.terms import aux_prior_nats, start_priors
-from ddpm_tools.progress import ProgressFn, report
+from ddpm_tools.progress import ProgressFn, report, warn
+from ddpm_tools.sets.calls import AdaptiveBatch
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
 from ddpm_tools.sets.denoiser import Denoiser
 
@@ -59,13 +62,16 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
 
 def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np.ndarray]],
              samples: int | None = None, seed: int = 0, batch_size: int = 256,
-             device: torch.device | str = "cpu", progress: ProgressFn | None = None
-             ) -> list[ScheduleEval]:
+             device: torch.device | str = "cpu", progress: ProgressFn | None = None,
+             precision: str = "fp32") -> list[ScheduleEval]:
     """Evaluate every schedule on the same examples and noise; see the module docstring.
 
     ``schedules``: (label, timesteps [K+1]) pairs, each 0 = tau_0 < ... < tau_K, with
     tau_K = T or a time where the set has an auxiliary prior (else BadInputError).
-    ``samples``: examples of the split used (None: all of them).
+    ``samples``: examples of the split used (None: all of them). ``precision``: the
+    networks' autocast (:mod:`ddpm_tools.sets.calls`). Under torchrun each rank scores
+    its block of the examples and rank 0 returns the results of all of them (the other
+    ranks return []): :mod:`ddpm_tools.likelihood.distributed`.
     """
     if not schedules:
         raise BadInputError("give at least one --schedule")
@@ -76,20 +82,23 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
     starts = start_priors(cset, schedules)
     taus = [tau for tau, _ in starts]
     x0_all = select_examples(data, samples or data.n, seed)
-    n, dims = x0_all.shape[0], data.dims
+    dims, ranks = data.dims, torchrun_ranks()
+    rows = rank_rows(x0_all.shape[0], batch_size, ranks)  # this rank's examples
+    x0 = x0_all[rows]
+    n = x0.shape[0]
     dev = torch.device(device)
 
     # 1. the prior term, per example: closed form at T, Monte Carlo with an auxiliary prior
     prior = np.zeros((len(schedules), n))
     for j, (_, aux) in enumerate(starts):
         if aux is None:
-            kl = prior_kl(x0_all, float(cset.schedule.log_alpha_bar[T]))
-            prior[j] = kl.reshape(n, -1).sum(1).numpy()
+            kl = prior_kl(x0, float(cset.schedule.log_alpha_bar[T]))
+            prior[j] = kl.flatten(1).sum(1).numpy()
         else:
-            eps = noise_for(aux.t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)
-            prior[j] = aux_prior_nats(aux, cset.schedule, x0_all, eps).numpy()
-    steps = np.zeros((len(schedules), n))
-    decoder = np.zeros((len(schedules), n))
+            eps = noise_for(aux.t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)[rows]
+            prior[j] = aux_prior_nats(aux, cset.schedule, x0, eps).numpy()
+    steps = torch.zeros((len(schedules), n), dtype=torch.float64, device=dev)  # on the device:
+    decoder = torch.zeros_like(steps)  # one copy to the host at the end, none per t
 
     # 2. which (schedule, s) pairs need the network at each t
     uses: dict[int, list[tuple[int, int]]] = {}
@@ -98,24 +107,35 @@ def eval_bpd(cset: CheckpointSet, data: DataSplit, schedules: list[tuple[str, np
             uses.setdefault(int(tau[i]), []).append((j, int(tau[i - 1])))
 
     # 3. one x_t and one network call per example and t, shared by all schedules
-    den = Denoiser(cset, device=dev)
+    den = Denoiser(cset, device=dev, precision=precision)
+    batch = AdaptiveBatch(batch_size, lambda msg: warn(progress, msg))
     for k, t in enumerate(sorted(uses)):
         pairs = uses[t]
         s_arr = np.array([s for _, s in pairs], dtype=np.int64)
-        eps = noise_for(t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)
-        cost = np.empty((n, len(pairs)))
-        for a in range(0, n, batch_size):
-            xb = x0_all[a : a + batch_size].to(dev)
-            tb = np.full(xb.shape[0], t, dtype=np.int64)
-            x_t = q_sample(cset.schedule, xb, tb, eps[a : a + batch_size].to(dev))
+        eps = noise_for(t, seed, tuple(x0_all.shape), stream=EVAL_STREAM)[rows]
+        cost = torch.empty((n, len(pairs)), dtype=torch.float64, device=dev)
+
+        def body(a: int, b: int, t: int = t, s_arr: np.ndarray = s_arr,
+                 eps: torch.Tensor = eps, cost: torch.Tensor = cost) -> None:
+            xb = x0[a:b].to(dev)
+            tb = np.full(b - a, t, dtype=np.int64)
+            x_t = q_sample(cset.schedule, xb, tb, eps[a:b].to(dev))
             pred = den(x_t, tb)
-            cost[a : a + xb.shape[0]] = step_costs(cset, t, s_arr, xb, pred.x0_hat,
-                                                   pred.v).cpu().numpy()
+            cost[a:b] = step_costs(cset, t, s_arr, xb, pred.x0_hat, pred.v)
+
+        batch.run(n, body)
         for col, (j, s) in enumerate(pairs):
             (decoder if s == 0 else steps)[j] += cost[:, col]
         report(progress, "eval-bpd (over t)", k + 1, len(uses))
 
-    # 4. reduce: bits/dim with standard errors, paired differences to the first schedule
+    # 4. reduce on rank 0, over all examples in their order: bits/dim with standard
+    #    errors, paired differences to the first schedule
+    every = gather_examples(ranks, np.stack([prior, steps.cpu().numpy(),
+                                             decoder.cpu().numpy()]))  # [3, J, n_all]
+    if every is None:
+        return []
+    prior, steps, decoder = every
+    n = prior.shape[1]
     to_bpd = 1.0 / (dims * math.log(2.0))
     totals = prior + steps + decoder
     out = []
@@ -146,17 +166,24 @@ def eval_likelihood(cset: CheckpointSet, data: DataSplit,
                     schedules: list[tuple[str, np.ndarray]], method: str = "elbo",
                     samples: int | None = None, seed: int = 0, batch_size: int = 256,
                     device: torch.device | str = "cpu", ode: ODESettings = ODESettings(),
-                    progress: ProgressFn | None = None) -> LikelihoodEval:
+                    progress: ProgressFn | None = None, precision: str = "fp32"
+                    ) -> LikelihoodEval:
     """:func:`eval_bpd` of ``schedules``; with ``method="ode"`` also the probability-flow
     ODE bits/dim (:func:`ddpm_tools.likelihood.ode.eval_ode`) on the same examples, and the full
-    chain as the ELBO to compare with when no schedule is given."""
+    chain as the ELBO to compare with when no schedule is given. Under torchrun (ELBO
+    only) rank 0 gets the results, the other ranks an empty list."""
     if method not in METHODS:
         raise BadInputError(f"unknown --method {method!r}; choose elbo (negative ELBO of a "
                             "schedule) or ode (probability-flow ODE likelihood)")
+    ranks = torchrun_ranks()
+    if method == "ode" and ranks is not None and ranks.world > 1:
+        raise BadInputError("eval-bpd --method ode does not split over torchrun ranks; run "
+                            "it as one process (without torchrun)")
     if method == "ode" and not schedules:
         schedules = [("full", np.arange(cset.T + 1, dtype=np.int64))]
     elbo = eval_bpd(cset, data, schedules, samples=samples, seed=seed,
-                    batch_size=batch_size, device=device, progress=progress)
+                    batch_size=batch_size, device=device, progress=progress,
+                    precision=precision)
     flow = (eval_ode(cset, data, samples=samples, seed=seed, settings=ode, device=device,
                      progress=progress) if method == "ode" else None)
     return LikelihoodEval(method, elbo, flow)

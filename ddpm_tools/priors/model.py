@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ddpm_tools.core.gaussian import nats_to_bpd
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.priors.flow import CouplingFlow, FlowConfig
 from ddpm_tools.priors.gmm import GaussianMixture, GMMConfig
@@ -112,6 +113,12 @@ class AuxPrior:
     @property
     def dims(self) -> int:
         return math.prod(self.data_shape)
+
+    @property
+    def prior_bpd(self) -> tuple[float, float]:
+        """(prior cost, its standard error) in bits/dim: nats / (D ln 2)."""
+        return (float(nats_to_bpd(self.info.prior_nats, self.dims)),
+                float(nats_to_bpd(self.info.prior_se, self.dims)))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p_aux(x) ``[N]`` float64 nats for x ``[N, *data_shape]``."""

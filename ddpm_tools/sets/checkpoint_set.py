@@ -26,6 +26,7 @@ from ddpm_tools.models import (
     build_encoder,
     build_network,
 )
+from ddpm_tools.models.openai_unet import OpenAIUNet, OpenAIUNetConfig
 from ddpm_tools.sets.manifest import ExternalArch, Member, SetManifest
 
 RETRAIN_MEMBER = "retrain the member with ddpm-tools train-interval"
@@ -58,6 +59,8 @@ def build_member(manifest: SetManifest, member: Member) -> torch.nn.Module:
         raise CheckpointError(f"member {member.index} is a {member.arch.library} "
                               f"{member.arch.model_class}; ddpm-tools loads it in place and "
                               "cannot build or train it")
+    if isinstance(member.arch, OpenAIUNetConfig):  # an imported improved-/guided-diffusion net
+        return OpenAIUNet(member.arch)
     return build_network(member.arch, manifest.data.shape, manifest.out_factor)
 
 
@@ -122,6 +125,8 @@ class CheckpointSet:
         if self.manifest.shared_encoder is None:
             net = build_member(self.manifest, m)
             _load_state(net, load_member_weights(self.path / m.weights, m.sha256, where), where)
+            if isinstance(net, OpenAIUNet):
+                net.fit_precision(torch.device(device))
             return net.to(device).eval()
         if not isinstance(m.arch, MultiDecoderConfig):  # manifest validation rules this out
             raise CheckpointError(f"{where}: not a multidecoder member")

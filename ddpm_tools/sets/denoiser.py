@@ -20,6 +20,7 @@ import torch
 from ddpm_tools.core.diffusion import x0_from_prediction
 from ddpm_tools.errors import CheckpointError
 from ddpm_tools.models import split_output
+from ddpm_tools.sets.calls import check_precision, module_dtype, network_precision
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
 
 DEFAULT_MAX_LOADED = 16  # members kept in memory at once by a Denoiser
@@ -41,12 +42,17 @@ class Denoiser:
         device: where networks run; inputs are moved there and outputs come back
             on the input's device and dtype.
         max_loaded: members kept in memory (LRU); older ones are dropped.
+        precision: ``fp32`` (the networks' own dtype), ``bf16`` or ``fp16`` autocast
+            (:mod:`ddpm_tools.sets.calls`).
+
+    Calls run under :func:`torch.inference_mode`: no autograd state is kept.
     """
 
     def __init__(self, cset: CheckpointSet, device: torch.device | str = "cpu",
-                 max_loaded: int = DEFAULT_MAX_LOADED):
+                 max_loaded: int = DEFAULT_MAX_LOADED, precision: str = "fp32"):
         self.cset = cset
         self.device = torch.device(device)
+        self.precision = check_precision(precision)
         self.max_loaded = max(1, max_loaded)
         self._cache: OrderedDict[int, torch.nn.Module] = OrderedDict()
         self.loads = 0  # how many member loads happened (for tests and diagnostics)
@@ -63,7 +69,7 @@ class Denoiser:
             self._cache.popitem(last=False)
         return net
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def raw(self, x_t: torch.Tensor, t: np.ndarray | torch.Tensor) -> torch.Tensor:
         """The networks' raw outputs ``[B, F*C, ...]`` for rows routed by ``t`` ``[B]``."""
         ta = np.asarray(t.cpu() if isinstance(t, torch.Tensor) else t, dtype=np.int64)
@@ -71,13 +77,15 @@ class Denoiser:
             raise CheckpointError(f"t has shape {ta.shape}, expected ({x_t.shape[0]},)")
         self.cset.schedule.check_t(ta)
         owners = self.cset.owner[ta]
-        x_dev = x_t.to(self.device, torch.float32)
+        x_dev = x_t.to(self.device)
         t_dev = torch.as_tensor(ta, device=self.device)
         out: torch.Tensor | None = None
         for idx in np.unique(owners):
             rows = np.flatnonzero(owners == idx)
             r = torch.as_tensor(rows, device=self.device)
-            y = self.member(int(idx))(x_dev[r], t_dev[r])
+            net = self.member(int(idx))
+            with network_precision(self.device, self.precision):
+                y = net(x_dev[r].to(module_dtype(net)), t_dev[r])
             if out is None:
                 out = torch.empty((x_t.shape[0],) + tuple(y.shape[1:]), device=self.device,
                                   dtype=y.dtype)
@@ -85,7 +93,7 @@ class Denoiser:
         assert out is not None
         return out.to(x_t.device, x_t.dtype)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, x_t: torch.Tensor, t: np.ndarray | torch.Tensor) -> DenoiserOutput:
         """x0_hat ``[B, ...]`` (and v) in x_t's dtype for integer times ``t`` ``[B]``."""
         ta = np.asarray(t.cpu() if isinstance(t, torch.Tensor) else t, dtype=np.int64)

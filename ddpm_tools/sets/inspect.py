@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ddpm_tools.models import arch_name, count_parameters
+from ddpm_tools.models.openai_unet import ARCH_NAME as OPENAI_ARCH
+from ddpm_tools.models.openai_unet import OpenAIUNetConfig
 from ddpm_tools.sets.checkpoint_set import build_member
 from ddpm_tools.sets.load import load_set
 from ddpm_tools.sets.manifest import ExternalArch
@@ -58,7 +60,8 @@ def inspect_set(path: str | os.PathLike[str]) -> SetReport:
             params, status = count_parameters(build_member(man, m)), "untrained"
         else:
             params, status = count_parameters(cset.load_member(m.index)), "ok"
-        arch = m.arch.model_class if isinstance(m.arch, ExternalArch) else arch_name(m.arch)
+        arch = (m.arch.model_class if isinstance(m.arch, ExternalArch)
+                else OPENAI_ARCH if isinstance(m.arch, OpenAIUNetConfig) else arch_name(m.arch))
         members.append(MemberReport(m.index, m.t_lo, m.t_hi, arch, params,
                                     m.state.steps_done, m.state.steps_target,
                                     m.state.final_loss, status))

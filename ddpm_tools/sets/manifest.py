@@ -32,6 +32,12 @@ from ddpm_tools.models import (
     config_from_dict,
     config_to_dict,
 )
+from ddpm_tools.models.openai_unet import ARCH_NAME as OPENAI_ARCH
+from ddpm_tools.models.openai_unet import (
+    OpenAIUNetConfig,
+    openai_config_from_dict,
+    openai_config_to_dict,
+)
 
 MANIFEST_NAME = "ddpm_set.json"
 LOCK_NAME = ".ddpm_set.lock"
@@ -69,7 +75,8 @@ class Member:
     index: int  # position in the set, 0-based
     t_lo: int  # first time owned, 1 <= t_lo
     t_hi: int  # last time owned, t_hi <= T
-    arch: ArchConfig | ExternalArch  # our architecture and its config, or an external network
+    arch: ArchConfig | ExternalArch | OpenAIUNetConfig  # our architecture and its config, an
+    #   external network, or an imported improved-/guided-diffusion U-Net
     weights: str  # weights file name inside the set folder (safetensors)
     sha256: str | None = None  # sha256 of the weights file; None until trained
     state: MemberState = field(default_factory=MemberState)
@@ -173,7 +180,16 @@ def _arch_fields(mb: Member) -> dict[str, object]:
             f"member {mb.index} is a {mb.arch.library} {mb.arch.model_class} read in place; "
             "ddpm-tools writes no manifest for another library's checkpoint"
         )
+    if isinstance(mb.arch, OpenAIUNetConfig):
+        return {"arch": OPENAI_ARCH, "config": openai_config_to_dict(mb.arch)}
     return {"arch": arch_name(mb.arch), "config": config_to_dict(mb.arch)}
+
+
+def _arch_from_json(name: str, config: dict[str, Any]) -> ArchConfig | OpenAIUNetConfig:
+    """A member's architecture config from its ``arch`` and ``config`` entries."""
+    if name == OPENAI_ARCH:
+        return openai_config_from_dict(config)
+    return config_from_dict(name, config)
 
 
 def manifest_to_json(m: SetManifest) -> dict[str, Any]:
@@ -256,7 +272,7 @@ def manifest_from_json(obj: Any, where: str) -> SetManifest:
             index=i,
             t_lo=_get(mj, "t_lo", int, mw),
             t_hi=_get(mj, "t_hi", int, mw),
-            arch=config_from_dict(_get(mj, "arch", str, mw), _get(mj, "config", dict, mw)),
+            arch=_arch_from_json(_get(mj, "arch", str, mw), _get(mj, "config", dict, mw)),
             weights=weights,
             sha256=mj.get("sha256"),
             state=state,

@@ -16,13 +16,13 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ddpm_tools.data import load_data
+from ddpm_tools.device import Ranks, barrier, rank_device, rank_group, torchrun_ranks
 from ddpm_tools.errors import BadInputError, CheckpointError
 from ddpm_tools.progress import ProgressFn
 from ddpm_tools.sets.manifest import read_manifest
@@ -37,8 +37,6 @@ from ddpm_tools.training.trainer import MemberResult, train_member
 # under its __main__ guard does not run) and the workers inherit it instead of each
 # running it again.
 _PRELOAD = ["__main__", "ddpm_tools.training.trainer", "ddpm_tools.data", "torch._dynamo"]
-
-BARRIER_TIMEOUT = timedelta(days=7)  # torchrun: how long a rank may wait for the others
 
 _events: Any = None  # in a worker: the queue that carries progress back to the parent
 _ordinal = 0  # in a worker: its number among the run's workers (0, 1, ...)
@@ -163,58 +161,37 @@ def train_set(set_dir: str | os.PathLike[str], workers: int = 1, steps: int | No
     return results
 
 
-def torchrun_members(n_members: int) -> tuple[int, int, list[int]]:
-    """(rank, world size, this rank's members r, r+W, ...) from torchrun's environment."""
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    except (KeyError, ValueError):
+def torchrun_members(n_members: int) -> tuple[Ranks, list[int]]:
+    """(this rank, its members r, r+W, ...) from torchrun's environment."""
+    ranks = torchrun_ranks()
+    if ranks is None:
         raise BadInputError(
             "--member auto needs torchrun (RANK and WORLD_SIZE are not set); run it as "
             "torchrun --nproc-per-node N -m ddpm_tools.cli.main train-interval --member auto, "
             "or pass a member index"
-        ) from None
-    return rank, world, list(range(rank, n_members, world))
-
-
-def rank_device(device: str) -> str:
-    """Under torchrun, ``cuda`` means this rank's own GPU, ``cuda:LOCAL_RANK``; any other
-    device (``cpu``, an explicit ``cuda:i``) is used as given."""
-    local = os.environ.get("LOCAL_RANK")
-    if device == "cuda" and local is not None and local.isdigit():
-        return f"cuda:{int(local)}"
-    return device
+        )
+    return ranks, list(range(ranks.rank, n_members, ranks.world))
 
 
 def torchrun_train(set_dir: str | os.PathLike[str], steps: int | None, device: str,
                    progress: ProgressFn | None = None) -> tuple[int, list[MemberResult]]:
     """Train this rank's members, wait for every rank, and let rank 0 check the set.
 
-    Returns (rank, results). Uses the gloo backend for the barrier only (no gradients
-    cross ranks: members are independent); its timeout is :data:`BARRIER_TIMEOUT`, since
-    a rank whose members finish early waits at the barrier for the slowest rank (the
-    default 30 minutes would end long runs with an error). With ``device = "cuda"`` each
-    rank uses its own GPU (:func:`rank_device`).
+    Returns (rank, results). The ranks share a gloo group for the barrier only (no
+    gradients cross ranks: members are independent), see
+    :func:`ddpm_tools.device.rank_group`. With ``device = "cuda"`` each rank uses its own
+    GPU (:func:`ddpm_tools.device.rank_device`).
     """
-    import torch.distributed as dist
-
     man = read_manifest(set_dir)
-    rank, world, mine = torchrun_members(len(man.members))
-    started = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-        started = True
-    try:
+    ranks, mine = torchrun_members(len(man.members))
+    with rank_group(ranks):
         results = train_set(set_dir, workers=1, steps=steps, device=rank_device(device),
                             progress=progress, members=mine) if mine else []
-        if world > 1:
-            dist.barrier()
-        if rank == 0:
+        barrier(ranks)
+        if ranks.main:
             final = read_manifest(set_dir)
             missing = [m.index for m in final.members if m.sha256 is None]
             if missing:
                 raise CheckpointError(f"after all ranks finished, members {missing} of "
                                       f"{set_dir} have no weights; rerun train-interval")
-    finally:
-        if started:
-            dist.destroy_process_group()
-    return rank, results
+    return ranks.rank, results
