@@ -80,6 +80,25 @@ def timed(fn: Callable[[], R]) -> tuple[Timing, R]:
     return Timing(time.perf_counter() - wall, time.process_time() - cpu), out
 
 
+def median_time(fn: Callable[[], R], repeat: int,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[float, R]:
+    """(median seconds of ``repeat`` calls by ``clock``, the last call's result).
+
+    ``time.process_time`` gives the CPU seconds of this process (robust on a shared
+    machine for single-threaded work); the default is the wall clock.
+    """
+    times: list[float] = []
+    out = None
+    for _ in range(max(1, repeat)):
+        start = clock()
+        out = fn()
+        times.append(clock() - start)
+    times.sort()
+    mid = len(times) // 2
+    med = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    return med, out  # type: ignore[return-value]
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """Left-aligned columns, two spaces apart; cells are printed with ``str``."""
     cells = [[str(h) for h in header]] + [[str(c) for c in r] for r in rows]

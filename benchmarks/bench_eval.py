@@ -234,6 +234,24 @@ def run(sizes: Sizes, quick: bool, repeat: int, threads: int, seed: int = 0) -> 
     return res
 
 
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The full chain against the calc_bpd_loop-style loop; the K-step cost against K/T."""
+    s, f, k = res["settings"], res["full_chain"], res["k_step"]
+    return [
+        {"measured": f"eval-bpd, full chain T={s['T']}, n={s['n']} (CPU time)",
+         "ours": f"{f['ours_cpu_seconds']:.2f} s", "anchor":
+         f"calc_bpd_loop-style {f['loop_cpu_seconds']:.2f} s",
+         "ratio": f"{f['speedup']:.2f}x faster", "target": ">= 1x", "met": f["ok"]},
+        {"measured": "eval-bpd vs the loop, largest bits/dim difference",
+         "ours": f"{f['max_abs_diff_bpd']:.1e}", "anchor": "-", "ratio": "-",
+         "target": f"<= {f['agree_tolerance_bpd']:.0e}", "met": f["agree"]},
+        {"measured": f"eval-bpd, {k['schedule']} vs the full chain (CPU time)",
+         "ours": f"{k['cpu_seconds']:.2f} s", "anchor": f"K/T = {k['expected_ratio']:.3f}",
+         "ratio": f"{k['time_ratio']:.3f}",
+         "target": f"within {K_STEP_TOLERANCE:.0%} of K/T", "met": k["ok"]},
+    ]
+
+
 def print_human(res: dict[str, Any]) -> None:
     s, f, k = res["settings"], res["full_chain"], res["k_step"]
     print(f"digits set: T = {s['T']}, {s['members']} U-Net members x {s['train_steps']} steps "

@@ -145,6 +145,22 @@ def run(sizes: Sizes, label: str, threads: int) -> dict[str, Any]:
     return res
 
 
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The cost table against its plain network calls; eval-bpd of each schedule."""
+    s = res["settings"]
+    rows = [{"measured": f"cost table, improved-diffusion U-Net 32x32, T={s['T']}, "
+                         f"{s['samples']} examples (wall)",
+             "ours": f"{res['table_seconds']:.1f} s",
+             "anchor": f"plain network calls {res['floor_seconds']:.1f} s",
+             "ratio": f"KL part {res['kl_overhead']:+.0%}",
+             "target": f"flagged above {KL_OVERHEAD_FLAG:.0%}",
+             "met": not res["kl_overhead_flagged"]}]
+    rows += [{"measured": f"eval-bpd, {r['schedule']}", "ours":
+              f"{r['bpd']:.4f} +- {r['bpd_se']:.4f} bits/dim", "anchor": "-", "ratio": "-",
+              "target": "-", "met": None} for r in res["eval_bpd"]]
+    return rows
+
+
 def print_human(res: dict[str, Any]) -> None:
     s = res["settings"]
     print(f"improved-diffusion U-Net 32x32x3, {s['parameters']:,} parameters, T = {s['T']}, "

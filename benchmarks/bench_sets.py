@@ -204,6 +204,24 @@ def run(sizes: Sizes, quick: bool, threads: int, seed: int = 0) -> dict[str, Any
     return res
 
 
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each set's bits/dim (full chain and DP schedule) against the single network."""
+    K = res["settings"]["K"]
+    sets = res["sets"]
+    base = next((r for r in sets if r["members"] == 1 and not r["multidecoder"]), sets[0])
+    rows = []
+    for r in sets:
+        rows.append({"measured": f"{r['name']}: bits/dim full chain, dp:{K} (equal compute)",
+                     "ours": f"{r['full']['bpd']:.3f} +- {r['full']['se']:.3f}, "
+                             f"{r['dp']['bpd']:.3f} +- {r['dp']['se']:.3f}",
+                     "anchor": f"{base['name']} {base['full']['bpd']:.3f}, "
+                               f"{base['dp']['bpd']:.3f}",
+                     "ratio": f"{r['full']['bpd'] - base['full']['bpd']:+.3f}, "
+                              f"{r['dp']['bpd'] - base['dp']['bpd']:+.3f} bits/dim",
+                     "target": "-", "met": None})
+    return rows
+
+
 def print_human(res: dict[str, Any]) -> None:
     s = res["settings"]
     print(f"digits, T = {s['T']} ({s['schedule']}, {s['prediction']}, {s['variance']}), MLP "

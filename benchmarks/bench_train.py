@@ -225,6 +225,29 @@ def run(workloads: list[Workload], steps: int | None, members: int, workers: int
     return res
 
 
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per workload (members/hour, W workers vs 1) and one for member vs baseline."""
+    s = res["settings"]
+    rows = []
+    for w in res["workloads"]:
+        runs = {r["run"]: r for r in w["runs"]}
+        one, many = runs["1 worker"], runs[f"{s['workers']} workers"]
+        rate = "long_run_members_per_hour" if w["speedup"] is not None else "members_per_hour"
+        rows.append({"measured": f"members/hour, {w['workload']} ({w['what']}), "
+                                 f"{s['workers']} workers",
+                     "ours": f"{many[rate] or many['members_per_hour']:.0f}/h",
+                     "anchor": f"1 worker {one[rate] or one['members_per_hour']:.0f}/h",
+                     "ratio": "-" if w["speedup"] is None else f"{w['speedup']:.2f}x",
+                     "target": f">= {res['speedup_target']}x", "met": w["speedup_ok"]})
+    m = res["member_vs_baseline"]
+    rows.append({"measured": f"it/s of one member vs the single network (digits U-Net, "
+                             f"{m['threads']} thread, CPU time)",
+                 "ours": f"{m['member_it_s_cpu']:.1f} it/s",
+                 "anchor": f"single network {m['baseline_it_s_cpu']:.1f} it/s",
+                 "ratio": f"{m['ratio']:.2f}", "target": "about 1", "met": None})
+    return rows
+
+
 def print_human(res: dict[str, Any]) -> None:
     s = res["settings"]
     print(f"(a) members/hour, {s['members']} members, batch {s['batch_size']}: `ddpm-tools "

@@ -3,14 +3,20 @@
 Each benchmark runs in its own process (``python benchmarks/bench_X.py --json``), so one
 cannot warm another's caches; the date, the machine and the load before and after are
 recorded with each benchmark's numbers. ``--only`` reruns the named benchmarks and keeps
-the other benchmarks' earlier results (each still with its own date). Usage:
+the other benchmarks' earlier results (each still with its own date); ``--markdown-only``
+rewrites results.md from results.json without running anything.
 
-    python benchmarks/run_all.py [--quick] [--only dp,train] [--out benchmarks]
+results.md holds one short table per benchmark (what was measured, ours, the anchor or
+floor, ratio, target, met), made by the benchmark script's ``summary(result)``; every
+detail stays in results.json. Usage:
+
+    python benchmarks/run_all.py [--quick] [--only dp costs] [--out benchmarks]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -26,7 +32,9 @@ from _common import load_average, machine  # noqa: E402
 from ddpm_tools.io.files import atomic_write_text  # noqa: E402
 
 BENCHMARKS = {  # name -> (script, what it compares)
-    "dp": ("bench_dp.py", "numba DP vs the plain numpy DP"),
+    "dp": ("bench_dp.py", "the numba DP vs the plain numpy DP and an O(T^3) all-budgets DP"),
+    "costs": ("bench_costs.py", "learned_range exponential sums of a cost table: moments vs "
+                                "the direct sum"),
     "train": ("bench_train.py", "members/hour with 1 vs 2 workers; one member vs the "
                                 "single-network baseline"),
     "eval": ("bench_eval.py", "eval-bpd vs a calc_bpd_loop-style per-step loop; K-step cost"),
@@ -77,21 +85,33 @@ def merge_previous(path: Path, results: dict[str, Any], info: dict[str, Any]
     return merged
 
 
-def _rows(res: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """Flatten a result to (key, value) rows for the markdown file (numbers rounded)."""
-    rows: list[tuple[str, str]] = []
-    if isinstance(res, dict):
-        for k, v in res.items():
-            if k == "machine":
-                continue
-            rows += _rows(v, f"{prefix}{k}.")
-    elif isinstance(res, list):
-        for i, v in enumerate(res):
-            rows += _rows(v, f"{prefix}{i}.")
-    else:
-        value = f"{res:.4g}" if isinstance(res, float) else str(res)
-        rows.append((prefix.rstrip("."), value))
-    return rows
+COLUMNS = ("measured", "ours", "anchor", "ratio", "target", "met")
+HEADER = ("what was measured", "ours", "anchor or floor", "ratio", "target", "met")
+
+
+def summary_rows(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of ``summary(result)`` from the benchmark's own script (one row saying so
+    when a result was written by an older version of the script)."""
+    module = importlib.import_module(Path(BENCHMARKS[name][0]).stem)
+    try:
+        return list(module.summary(result))
+    except (AttributeError, KeyError, TypeError, IndexError, StopIteration):
+        return [{"measured": "this result predates the script's summary; rerun "
+                             f"`run_all.py --only {name}`", "ours": "-", "anchor": "-",
+                 "ratio": "-", "target": "-", "met": None}]
+
+
+def _cell(key: str, value: Any) -> str:
+    if key == "met":
+        return {True: "yes", False: "**no**", None: "-"}[value]
+    return str(value).replace("|", "\\|")
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cell(k, r.get(k, "-")) for k in COLUMNS) + " |"
+              for r in rows]
+    return lines
 
 
 def _load(x: list[float] | None) -> str:
@@ -102,7 +122,8 @@ def write_markdown(path: Path, results: dict[str, Any], info: dict[str, Any]) ->
     m = info["machine"]
     lines = ["# Benchmark results", "",
              "Written by `python benchmarks/run_all.py`; each section says when its benchmark "
-             "ran, and the load average (1/5/15 min) before and after it.", "",
+             "ran, and the load average (1/5/15 min) before and after it; the details of "
+             "every number are in `results.json`.", "",
              f"Machine: {m['cpus']} CPUs, {m['platform']}, Python {m['python']}, torch "
              f"{m['torch']} ({m['torch_threads']} threads).", ""]
     for name, r in results.items():
@@ -112,21 +133,28 @@ def write_markdown(path: Path, results: dict[str, Any], info: dict[str, Any]) ->
             continue
         lines += [f"Run {r['date']}{' (--quick)' if r.get('quick') else ''}; wall-clock "
                   f"{r['seconds']:.0f} s; load average {_load(r.get('load_start'))} before, "
-                  f"{_load(r.get('load_end'))} after.", "",
-                  "| quantity | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in _rows(r["result"])]
-        lines.append("")
+                  f"{_load(r.get('load_end'))} after.", ""]
+        lines += _table(summary_rows(name, r["result"]))
+        lines += ["", f"Details: `results.json`, `results.{name}`.", ""]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help="comma-separated subset of " + ", ".join(BENCHMARKS))
+    parser.add_argument("--only", nargs="+", default=list(BENCHMARKS),
+                        help="the benchmarks to run (names, spaces or commas between): "
+                             + ", ".join(BENCHMARKS))
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite results.md from results.json, run nothing")
     parser.add_argument("--out", type=Path, default=HERE, help="folder for results.md/json")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    if args.markdown_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        write_markdown(args.out / "results.md", saved["results"], saved["info"])
+        print(f"wrote {args.out / 'results.md'}", file=sys.stderr)
+        return 0
+    names = [n.strip() for arg in args.only for n in arg.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")

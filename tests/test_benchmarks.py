@@ -90,5 +90,20 @@ def test_run_all_only_keeps_the_other_benchmarks_results(monkeypatch, tmp_path):
     run_all.write_markdown(tmp_path / "results.md", merged, info)
     md = (tmp_path / "results.md").read_text()
     assert "Run 2026-01-01 00:00 UTC" in md and "Run 2026-11-22 05:00 UTC" in md
-    assert "| x | 2.5 |" in md and "| x | 1.5 |" in md
+    assert md.count("predates the script's summary") == 2  # old formats: a pointer, no dump
     assert run_all.merge_previous(tmp_path / "missing.json", new, {}) == new
+
+
+def test_bench_costs_quick_json_and_its_summary_table(monkeypatch, capsys, tmp_path):
+    res = _run("bench_costs", monkeypatch, capsys)
+    _machine(res)
+    (c,) = res["configs"]
+    _positive(c, ["fast_table_s", "direct_table_s", "speedup", "pieces", "points"])
+    assert c["ok"] is True and c["max_rel_err"] < 1e-10
+    run_all = importlib.import_module("run_all")
+    entry = {"date": "2026-11-30 06:00 UTC", "quick": True, "seconds": 1.0,
+             "load_start": None, "load_end": None, "result": res}
+    run_all.write_markdown(tmp_path / "results.md", {"costs": entry}, {"machine": res["machine"]})
+    md = (tmp_path / "results.md").read_text()
+    assert "| what was measured | ours | anchor or floor | ratio | target | met |" in md
+    assert "| learned_range sums, whole table: D=256, T=200" in md and "| yes |" in md

@@ -176,3 +176,24 @@ def test_path_cost_rejects_non_schedules():
     for bad in ([1, 6], [0, 3, 3, 6], [0, 7], [0]):
         with pytest.raises(BadInputError):
             path_cost(L, prior, bad)
+
+
+def test_threads_do_not_change_the_schedules():
+    import numba
+
+    rng = np.random.default_rng(11)
+    T = dp.PARALLEL_MIN_T + 45
+    L = rng.integers(0, 5, (T + 1, T + 1)).astype(np.float64)  # many ties
+    L[rng.random(L.shape) < 0.2] = np.inf
+    prior = np.where(rng.random(T + 1) < 0.5, rng.random(T + 1), np.inf)
+    prior[T] = 0.0
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = dp.solve_schedules(L, prior, [1, 7, 32])
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = dp.solve_schedules(L, prior, [1, 7, 32])
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(one, many, strict=True):
+        assert a.cost_nats == b.cost_nats and np.array_equal(a.timesteps, b.timesteps)

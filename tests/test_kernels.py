@@ -1,5 +1,6 @@
 """numba kernels against plain numpy references (random tables, every t and k)."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -11,13 +12,13 @@ T = 300
 
 
 def reference_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """C[t, k], bp[t, k] read off the one numpy reference DP, ``solve_schedules_numpy``: with
-    the prior 0 at t and +inf elsewhere, the best k-step schedule ends at t, costs C[t, k]
-    (+ 0.0, bit for bit) and reaches t from s = bp[t, k]. Unreachable (t, k): C = +inf."""
+    """C[k, t], bp[k, t] read off the one numpy reference DP, ``solve_schedules_numpy``: with
+    the prior 0 at t and +inf elsewhere, the best k-step schedule ends at t, costs C[k, t]
+    (+ 0.0, bit for bit) and reaches t from s = bp[k, t]. Unreachable (t, k): C = +inf."""
     n = L.shape[0]
-    C = np.full((n, K + 1), np.inf)
+    C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((n, K + 1), dtype=np.int64)
+    bp = np.zeros((K + 1, n), dtype=np.int64)
     for t in range(1, n):
         prior = np.full(t + 1, np.inf)
         prior[t] = 0.0
@@ -26,26 +27,32 @@ def reference_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
                 (sol,) = solve_schedules_numpy(L[: t + 1, : t + 1], prior, [k])
             except BadInputError:  # no finite k-step path reaches t
                 continue
-            C[t, k], bp[t, k] = sol.cost_nats, sol.timesteps[-2]
+            C[k, t], bp[k, t] = sol.cost_nats, sol.timesteps[-2]
     return C, bp
 
 
-def random_table(seed: int, n: int = T + 1, inf_frac: float = 0.0) -> np.ndarray:
+def random_table(
+    seed: int, n: int = T + 1, inf_frac: float = 0.0, levels: int = 0
+) -> np.ndarray:
+    """Random L; with ``levels`` > 0 its entries are whole numbers below it (many ties)."""
     rng = np.random.default_rng(seed)
-    L = rng.random((n, n))
+    L = rng.integers(0, levels, (n, n)).astype(np.float64) if levels else rng.random((n, n))
     L[rng.random((n, n)) < inf_frac] = np.inf
     L[np.tril_indices(n)] = np.nan  # s >= t is never read
     return L
 
 
-def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16):
+def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16,
+                   parallel=False):
+    """C, bp: [K+1, T+1] from the one-core kernel (or the parallel one)."""
     n = L.shape[0]
-    C = np.full((n, K + 1), np.inf)
+    C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((n, K + 1), dtype=dtype)
+    bp = np.zeros((K + 1, n), dtype=dtype)
     edges = [0, *[c for c in chunks if c is not None], n - 1]
+    relax = kernels.dp_relax_rows_parallel if parallel else kernels.dp_relax_rows
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        kernels.dp_relax_rows(L, C, bp, lo, hi, block)
+        relax(L, C, bp, lo, hi, block)
     return C, bp
 
 
@@ -57,6 +64,33 @@ def test_forward_equals_numpy_for_every_t_and_k(seed, inf_frac):
     assert np.array_equal(C, C_ref)  # bit for bit: same additions, same minimum
     reachable = np.isfinite(C_ref)
     assert np.array_equal(bp[reachable], bp_ref[reachable])
+
+
+@pytest.mark.parametrize(
+    "T_,K,inf_frac,levels",
+    [(1, 1, 0.0, 0), (5, 5, 0.0, 3), (45, 45, 0.2, 3), (129, 7, 0.3, 0), (300, 32, 0.2, 4),
+     (400, 399, 0.1, 0), (700, 40, 0.5, 2)],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, threads):
+    """Bit for bit, ties and +inf included, for row blocks that cross column blocks; the
+    numpy reference (one DP per (t, k)) only where it is fast (T <= 45)."""
+    L = random_table(10 + T_, n=T_ + 1, inf_frac=inf_frac, levels=levels)
+    C1, bp1 = kernel_forward(L, K)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for block in (kernels.DP_BLOCK_PARALLEL, 5):
+            C2, bp2 = kernel_forward(L, K, block=block, chunks=(T_ // 3 or None,),
+                                     parallel=True)
+            assert np.array_equal(C2, C1) and np.array_equal(bp2, bp1)
+    finally:
+        numba.set_num_threads(before)
+    if T_ <= 45:
+        C_ref, bp_ref = reference_forward(L, K)
+        assert np.array_equal(C1, C_ref)
+        reachable = np.isfinite(C_ref)
+        assert np.array_equal(bp1[reachable], bp_ref[reachable])
 
 
 @pytest.mark.parametrize("block,chunks", [(1, (None,)), (7, (5, 123)), (300, (299,))])
@@ -71,7 +105,7 @@ def test_forward_small_budget_matches_prefix_of_full():
     L = random_table(3)
     C_full, bp_full = kernel_forward(L, T)
     C, bp = kernel_forward(L, 12)
-    assert np.array_equal(C, C_full[:, :13]) and np.array_equal(bp, bp_full[:, :13])
+    assert np.array_equal(C, C_full[:13]) and np.array_equal(bp, bp_full[:13])
 
 
 def test_forward_int32_back_pointers():
@@ -84,10 +118,10 @@ def test_forward_int32_back_pointers():
 def test_ties_take_smallest_s():
     L = np.ones((9, 9))
     C, bp = kernel_forward(L, 8)
-    # C[t, k] = k for every reachable (t, k); the smallest valid predecessor is k - 1
+    # C[k, t] = k for every reachable (k, t); the smallest valid predecessor is k - 1
     for t in range(1, 9):
         for k in range(1, t + 1):
-            assert C[t, k] == k and bp[t, k] == k - 1
+            assert C[k, t] == k and bp[k, t] == k - 1
 
 
 def test_scan_table_reach_and_first_bad_entry():
@@ -120,7 +154,7 @@ def test_best_ends_and_backtrack():
     costs = np.empty(49)
     kernels.dp_best_ends(C, prior, budgets, ends, costs)
     for j, K in enumerate(budgets):
-        total = C[:, K] + prior
+        total = C[K] + prior
         assert ends[j] == np.argmin(total) and costs[j] == total.min()
         tau = np.empty(K + 1, dtype=np.int64)
         kernels.dp_backtrack(bp, ends[j], tau)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ddpm_tools.core import kernels
@@ -26,6 +27,7 @@ from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn, report
 
 ROW_CHUNK = 128  # source rows per kernel call of the forward pass (one progress report)
+PARALLEL_MIN_T = 256  # below this T the threads' meetings cost more than they save
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,14 +118,23 @@ def _bp_dtype(T: int) -> type[np.signedinteger]:
 def _forward(
     L: np.ndarray, K: int, progress: ProgressFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the forward pass for budgets up to K. Returns C, bp: [T+1, K+1]."""
+    """Run the forward pass for budgets up to K. Returns C, bp: [K+1, T+1].
+
+    On more than one numba thread (``NUMBA_NUM_THREADS``, default: every core) and for
+    T >= ``PARALLEL_MIN_T`` the column blocks are spread over the threads; the result is
+    the same bit for bit.
+    """
     n = L.shape[0]
-    C = np.full((n, K + 1), np.inf)
+    C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((n, K + 1), dtype=_bp_dtype(n - 1))
+    bp = np.zeros((K + 1, n), dtype=_bp_dtype(n - 1))
+    if numba.get_num_threads() > 1 and n - 1 >= PARALLEL_MIN_T:
+        relax, block = kernels.dp_relax_rows_parallel, kernels.DP_BLOCK_PARALLEL
+    else:
+        relax, block = kernels.dp_relax_rows, kernels.DP_BLOCK
     for s_lo in range(0, n - 1, ROW_CHUNK):
         s_hi = min(s_lo + ROW_CHUNK, n - 1)
-        kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, kernels.DP_BLOCK)
+        relax(L, C, bp, s_lo, s_hi, block)
         report(progress, "dynamic program", s_hi, n - 1)
     return C, bp
 
@@ -166,8 +177,9 @@ def solve_schedules(
     prior: [T+1] float64 (+inf where no prior; finite at several t lets the DP pick the
     start). Returns one DPSolution per entry of ``budgets``, in the order given.
     Ties: the smallest s at every step, then the smallest start t.
-    Time O(T^2 * K) on one core; memory one [T+1, K+1] float64 state plus int16
-    back-pointers (1.25x the size of L when solving every budget at once).
+    Time O(T^2 * K), spread over numba's threads (``NUMBA_NUM_THREADS``); memory one
+    [K+1, T+1] float64 state plus int16 back-pointers (1.25x the size of L when solving
+    every budget at once).
     """
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = _check_budgets(budgets, k_max, "the cost table")
@@ -198,6 +210,11 @@ def warm_up() -> None:
     """Load the DP kernels from numba's disk cache (compiling them the first time ever), so
     that a timing of the DP that follows measures the DP alone."""
     solve_schedules(np.ones((3, 3)), np.array([np.inf, np.inf, 0.0]), [2])
+    if numba.get_num_threads() > 1:  # the threaded kernel that T >= PARALLEL_MIN_T uses
+        C = np.full((2, 3), np.inf)
+        C[0, 0] = 0.0
+        bp = np.zeros((2, 3), dtype=np.int16)
+        kernels.dp_relax_rows_parallel(np.ones((3, 3)), C, bp, 0, 2, kernels.DP_BLOCK_PARALLEL)
 
 
 def path_cost(L: np.ndarray, prior: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> float:

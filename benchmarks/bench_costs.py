@@ -1,0 +1,151 @@
+"""Benchmark the learned_range exponential sums of a cost table: moments vs direct.
+
+A ``learned_range`` cost column t needs, per example, sum_d exp(-u_d delta_s) and
+sum_d err2_d exp(-u_d delta_s) for every s < t (``core.expsum.learned_range_sums``).
+The direct sum costs n * D * t exponentials per column; the moment path
+O(n * (D + t) * p). Both run here on the same inputs (u uniform on [0, 1], the widest
+range a network's v takes; delta from a cosine schedule of the same T) for a few columns
+t, each timed as the median CPU seconds of ``--repeat`` runs on one torch thread (robust
+to the other processes of a shared machine; the direct sum is run once, it is slow);
+the whole table's time, sum over t = 2..T, is extrapolated from a least-squares line
+a + b * t through the measured columns (both costs are linear in t). The largest
+relative difference between the two paths is checked in the same run (must be < 1e-10).
+
+Configurations: D = 3072 (32x32x3), T = 1000, n = 64 examples; D = 12288 (64x64x3),
+T = 4000, n = 64, from a few columns.
+
+    python benchmarks/bench_costs.py [--quick] [--repeat 3] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    base_parser,
+    finish,
+    machine,
+    median_time,
+    print_table,
+    torch_threads,
+    yes_no,
+)
+
+from ddpm_tools.core.expsum import learned_range_sums, plan  # noqa: E402
+from ddpm_tools.core.noise_schedule import make_schedule  # noqa: E402
+
+TARGET_RTOL = 1e-10
+
+
+def column_inputs(T: int, t: int, n: int, D: int, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """u, err2: [n, D]; delta_s = log((1 - alpha_bar_t) / (1 - alpha_bar_s)), s = 1..t-1."""
+    g = torch.Generator().manual_seed(seed + t)
+    u = torch.rand(n, D, generator=g, dtype=torch.float64)
+    err2 = torch.rand(n, D, generator=g, dtype=torch.float64) ** 2
+    lab = make_schedule("cosine", T).log_alpha_bar
+    log_one_minus = np.log(-np.expm1(lab[1 : t + 1]))
+    delta = torch.as_tensor(log_one_minus[-1] - log_one_minus[:-1])  # [t-1] >= 0
+    return u, err2, delta
+
+
+def median_seconds(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """(median CPU seconds of this process over ``repeat`` calls, the last result)."""
+    return median_time(fn, repeat, time.process_time)
+
+
+def whole_table(ts: list[int], secs: list[float], T: int) -> float:
+    """sum_{t=2..T} (a + b t) for the least-squares line through (ts, secs)."""
+    b, a = np.polyfit(np.asarray(ts, float), np.asarray(secs), 1) if len(ts) > 1 else (
+        secs[0] / ts[0], 0.0)
+    t_all = np.arange(2, T + 1, dtype=float)
+    return float(np.sum(np.maximum(a + b * t_all, 0.0)))
+
+
+def run_config(D: int, T: int, n: int, fast_ts: list[int], direct_ts: list[int],
+               repeat: int) -> dict[str, Any]:
+    cols = []
+    max_err = 0.0
+    for t in sorted(set(fast_ts) | set(direct_ts)):
+        u, err2, delta = column_inputs(T, t, n, D)
+        how = plan(u, delta)
+        col: dict[str, Any] = {"t": t, "pieces": how.pieces, "points": how.points,
+                               "fast_path": how.fast}
+        def sums(method: str, u: Any = u, err2: Any = err2, delta: Any = delta) -> Any:
+            return learned_range_sums(u, err2, delta, method=method)  # type: ignore[arg-type]
+
+        if t in fast_ts:
+            col["fast_s"], fast = median_seconds(lambda: sums("fast"), repeat)
+        if t in direct_ts:
+            col["direct_s"], direct = median_seconds(lambda: sums("direct"), 1)
+            if t in fast_ts:
+                err = max(float(((f - d).abs() / d.abs()).max())
+                          for f, d in zip(fast, direct, strict=True))
+                col["max_rel_err"] = err
+                max_err = max(max_err, err)
+        cols.append(col)
+    f_ts = [c["t"] for c in cols if "fast_s" in c]
+    d_ts = [c["t"] for c in cols if "direct_s" in c]
+    fast_total = whole_table(f_ts, [c["fast_s"] for c in cols if "fast_s" in c], T)
+    direct_total = whole_table(d_ts, [c["direct_s"] for c in cols if "direct_s" in c], T)
+    return {"D": D, "T": T, "n": n, "columns": cols, "fast_table_s": fast_total,
+            "direct_table_s": direct_total, "speedup": direct_total / fast_total,
+            "max_rel_err": max_err, "ok": max_err < TARGET_RTOL,
+            "pieces": cols[-1]["pieces"], "points": cols[-1]["points"]}
+
+
+def run(quick: bool, repeat: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"benchmark": "costs", "machine": machine(),
+                           "settings": {"quick": quick, "repeat": repeat, "torch_threads": 1}}
+    if quick:
+        configs = [(256, 200, 8, [50, 100, 200], [50, 200])]
+    else:
+        configs = [(3072, 1000, 64, [250, 500, 1000], [250, 500, 1000]),
+                   (12288, 4000, 64, [1000, 2000, 4000], [250, 500, 1000])]
+    with torch_threads(1):
+        res["configs"] = [run_config(D, T, n, f, d, repeat) for D, T, n, f, d in configs]
+    return res
+
+
+def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per configuration: what, ours, the anchor, ratio, target, met."""
+    return [{"measured": f"learned_range sums, whole table: D={c['D']}, T={c['T']}, "
+                         f"n={c['n']} (q={c['pieces']} x p={c['points']} moments)",
+             "ours": f"{c['fast_table_s']:.1f} s (extrap.)",
+             "anchor": f"direct sum {c['direct_table_s']:.0f} s (extrap.)",
+             "ratio": f"{c['speedup']:.0f}x faster",
+             "target": f"max rel. diff {c['max_rel_err']:.1e} < 1e-10", "met": c["ok"]}
+            for c in res["configs"]]
+
+
+def print_human(res: dict[str, Any]) -> None:
+    rows = summary(res)
+    print_table(list(rows[0]), [[*list(r.values())[:-1], yes_no(r["met"])] for r in rows])
+    print("\nper column (seconds, one call for every s < t):")
+    for c in res["configs"]:
+        for col in c["columns"]:
+            print(f"  D={c['D']} T={c['T']} t={col['t']}: moments "
+                  f"{col.get('fast_s', float('nan')):.3f}, direct "
+                  f"{col.get('direct_s', float('nan')):.3f}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print a table (or ``--json``), return the results."""
+    parser = base_parser(__doc__)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per timing (median kept)")
+    args = parser.parse_args(argv)
+    return finish(run(args.quick, max(1, args.repeat)), args.json, print_human)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
