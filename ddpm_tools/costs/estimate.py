@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ddpm_tools.core.diffusion import posterior_coeffs, q_sample, step_log_variance_bounds
+from ddpm_tools.core.expsum import Method
 from ddpm_tools.core.gaussian import prior_kl
 from ddpm_tools.core.kl import decoder_cost, fixed_variance_kl, learned_range_kl
 from ddpm_tools.core.stats import mean_and_se
@@ -42,7 +43,8 @@ from ddpm_tools.sets.denoiser import Denoiser
 
 COST_STREAM = 0  # noise stream of cost tables
 EVAL_STREAM = 1  # noise stream of eval-bpd: fresh noise, independent of the cost table
-CHUNK_ELEMENTS = 1 << 24  # learned_range: elements per (examples x dims x s) chunk
+EXPSUM_METHOD: Method = "auto"  # learned_range sums: "auto" (moments where they save work)
+# or "direct" (term by term, the reference); see ddpm_tools.core.expsum
 FLUSH_SECONDS = 5.0  # columns computed on a GPU reach the host (and checkpoint) this often
 
 
@@ -149,9 +151,9 @@ def step_costs(cset: CheckpointSet, t: int, s: np.ndarray, x0: torch.Tensor,
     if v is None:
         raise BadInputError(f"the set at {cset.path} predicts no variance; choose another "
                             "--variance than learned_range")
-    chunk = max(1, CHUNK_ELEMENTS // max(1, n * dims))
     out[:, cols] = learned_range_kl(v.reshape(n, -1), err2, log_bt,
-                                    torch.as_tensor(c.log_beta, device=dev), coef2, chunk)
+                                    torch.as_tensor(c.log_beta, device=dev), coef2,
+                                    method=EXPSUM_METHOD)
     return out
 
 
