@@ -2,7 +2,7 @@
 step once (the KL cost table), find the ELBO-optimal K-step schedule exactly, and
 evaluate likelihood and samples for any schedule.
 
-Glossary (names follow the papers; DESIGN.md fixes the conventions):
+Glossary (names follow the papers; docs/DESIGN.md fixes the conventions):
     T            number of diffusion steps; time t in {0, ..., T}, x_0 is data.
     beta_t       noise variance of step t (t = 1..T); ``betas[0] = 0`` is a placeholder.
     alpha_bar_t  prod_{i<=t} (1 - beta_i), with alpha_bar_0 = 1.

@@ -101,3 +101,18 @@ def test_rows_of_the_design_table_parse(row, expected):
 def test_only_a_few_modules_stay_loose_at_the_top():
     loose = {p.stem for p in PACKAGE.glob("*.py")}
     assert loose <= TOP_LEVEL, loose - TOP_LEVEL
+
+
+def test_the_public_names_resolve_and_import_ddpm_tools_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, ddpm_tools; light = 'torch' not in sys.modules; "
+            "[getattr(ddpm_tools, n) for n in ddpm_tools.__all__]; print(light)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "True"
+    import ddpm_tools
+
+    with pytest.raises(AttributeError):
+        ddpm_tools.not_a_name  # noqa: B018

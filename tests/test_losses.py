@@ -106,7 +106,7 @@ def _explicit_vlb(eps_hat, raw, x0, x_t, t, levels):
             kl = (0.5 * np.log(var / beta_tilde)
                   + (beta_tilde + (mu_true - mu_model) ** 2) / (2 * var) - 0.5)
             res.append(kl.mean())
-        else:  # decoder: variance between beta_tilde_2 and beta_1 (DESIGN.md decoder rule)
+        else:  # decoder: variance between beta_tilde_2 and beta_1 (docs/DESIGN.md decoder rule)
             beta_tilde_2 = (1 - ab[1]) / (1 - ab[2]) * betas[1]
             var = np.exp(v[i] * np.log(beta) + (1 - v[i]) * np.log(beta_tilde_2))
             sd = np.sqrt(var)

@@ -1,6 +1,6 @@
 """Forward process, posteriors for arbitrary skips, predictions and step variances.
 
-Notation (DESIGN.md): for s < t, alpha_{t|s} = alpha_bar_t / alpha_bar_s,
+Notation (docs/DESIGN.md): for s < t, alpha_{t|s} = alpha_bar_t / alpha_bar_s,
 beta_{t|s} = 1 - alpha_{t|s} and beta_tilde_{t|s} = beta_{t|s} (1 - alpha_bar_s) /
 (1 - alpha_bar_t). Coefficient functions take integer arrays ``s``, ``t`` (any
 broadcastable shape) and return float64 numpy arrays of that shape; tensor
@@ -220,7 +220,7 @@ def step_log_variance_bounds(schedule: NoiseSchedule, s: np.ndarray | int,
 
 def model_log_variance(variance: str, log_small: torch.Tensor, log_large: torch.Tensor,
                        v: torch.Tensor | None = None) -> torch.Tensor:
-    """log sigma^2 of p(x_s | x_t) by variance type (DESIGN.md).
+    """log sigma^2 of p(x_s | x_t) by variance type (docs/DESIGN.md).
 
     fixed_small -> log_small; fixed_large -> log_large; learned_range ->
     v log_large + (1 - v) log_small with v = (out + 1)/2 from the network

@@ -3,7 +3,7 @@
 A cost-table column with ``learned_range`` variances needs, per example and for every
 s < t, sums over the D dimensions of w_d exp(-u_d delta_s), with u = v from the network
 at t and delta_s = log(beta_{t|s} / beta_tilde_{t|s}) (Nichol & Dhariwal 2021, Eq. 15,
-in the respaced form of DESIGN.md). Directly that is n * D * m exponentials. Here each
+in the respaced form of docs/DESIGN.md). Directly that is n * D * m exponentials. Here each
 example's sum is replaced, exactly to rounding, by a sum over q * p "virtual" exponents:
 
 1. split the example's range [u_min, u_max] into q equal pieces of half-width h and

@@ -79,7 +79,7 @@ def decoder_nll(x0: torch.Tensor, x0_hat: torch.Tensor, log_var: torch.Tensor | 
                 levels: int | None) -> torch.Tensor:
     """-log p(x_0 | x_t) per element: discretized over ``levels``, or a density if None.
 
-    The decoder's mean is x0_hat and its variance e^log_var (DESIGN.md, "Decoder").
+    The decoder's mean is x0_hat and its variance e^log_var (docs/DESIGN.md, "Decoder").
     """
     lv = torch.as_tensor(log_var, dtype=x0.dtype, device=x0.device)
     if levels is None:

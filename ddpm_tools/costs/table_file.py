@@ -1,7 +1,7 @@
 """The cost-table file: read, write, validate, and what a table predicts for a schedule
 (its negative ELBO).
 
-Format (DESIGN.md, "Cost table"): one safetensors file holding
+Format (docs/DESIGN.md, "Cost table"): one safetensors file holding
 
 * ``L``: [T+1, T+1] float64, ``L[s, t]`` the expected cost in nats per example of the
   step t -> s for s < t (row s = 0 is the decoder term); entries with s >= t are ignored;
@@ -50,7 +50,7 @@ STAT_FIELDS = ("gamma", "gamma_se", "mse", "mse_se")  # optional [T+1] statistic
 
 @dataclass(frozen=True, eq=False)
 class CostTable:
-    """A KL cost table and what it was measured on (DESIGN.md, "Cost table")."""
+    """A KL cost table and what it was measured on (docs/DESIGN.md, "Cost table")."""
 
     L: np.ndarray  # [T+1, T+1] float64, nats per example of step t -> s (s < t)
     prior: np.ndarray  # [T+1] float64, nats per example of starting at t; +inf: no prior

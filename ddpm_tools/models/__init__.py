@@ -1,7 +1,7 @@
 """Network architectures: their configs, the JSON boundary, construction and defaults.
 
 Every network is called as ``net(x, t)`` with ``x: [B, *data_shape]`` float32 and
-``t: [B]`` int64, the integer time in [1, T] (DESIGN.md), and returns
+``t: [B]`` int64, the integer time in [1, T] (docs/DESIGN.md), and returns
 ``[B, out_factor*C, ...]`` (vectors: ``[B, out_factor*D]``). With ``out_factor = 2``
 (learned_range variances) the first half of the channels is the prediction (eps, x0
 or v) and the second half the raw variance output; the caller computes

@@ -25,7 +25,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = MAX_PERIOD
 
     emb[:, i] = cos(t w_i), emb[:, half + i] = sin(t w_i) with w_i = max_period^(-i/half),
     half = dim // 2 (a zero column is appended when ``dim`` is odd). The time is the
-    integer t in [1, T] as given (DESIGN.md), not a rescaled float.
+    integer t in [1, T] as given (docs/DESIGN.md), not a rescaled float.
     """
     half = dim // 2
     exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32,

@@ -14,7 +14,7 @@ Module names follow the originals' state-dict keys (``input_blocks.1.0.in_layers
 ``middle_block.1.qkv.bias``, ``out.2.weight``, ...): modules without parameters keep
 their position in each ``nn.Sequential`` so that the indices agree.
 
-Time at the boundary (DESIGN.md, "Time"): :class:`OpenAIUNet` is called with the
+Time at the boundary (docs/DESIGN.md, "Time"): :class:`OpenAIUNet` is called with the
 ddpm-tools time t in [1, T]; the original network sees the 0-based index t - 1, times
 1000 / T when the diffusion was built with ``rescale_timesteps`` (their
 ``_scale_timesteps``), in float32 as there.

@@ -1,6 +1,6 @@
 """The schedule file: one K-step schedule as JSON, with its forms for other libraries.
 
-Format (DESIGN.md, "Schedule")::
+Format (docs/DESIGN.md, "Schedule")::
 
     {"T": 1000, "budget": 4, "timesteps": [0, 112, 403, 761, 1000],
      "predicted_bpd": 1.23, "method": "dp", "source": {"costs": "costs.safetensors", ...},

@@ -1,7 +1,7 @@
 """The checkpoint-set manifest ``ddpm_set.json``: what a set is, and its validation.
 
 A checkpoint set is a folder with ``ddpm_set.json`` and one safetensors weights file
-per member (DESIGN.md, "Checkpoint set"). Members own inclusive time ranges
+per member (docs/DESIGN.md, "Checkpoint set"). Members own inclusive time ranges
 [t_lo, t_hi] that tile [1, T] exactly. Training state per member lives in the
 manifest too; concurrent writers (parallel workers, job-array elements) update it
 under an exclusive file lock (:func:`update_manifest`).
@@ -101,7 +101,7 @@ class SharedWeights:
 
 @dataclass(frozen=True)
 class SetManifest:
-    """Everything ``ddpm_set.json`` records (DESIGN.md, "Checkpoint set")."""
+    """Everything ``ddpm_set.json`` records (docs/DESIGN.md, "Checkpoint set")."""
 
     schedule: NoiseSchedule  # beta schedule (name + the explicit betas)
     data: DataInfo  # data shape and levels
