@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -170,3 +171,14 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of a byte string."""
     return hashlib.sha256(data).hexdigest()
+
+
+def torch_load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only,
+    nothing is unpickled. torch's warning that advises retrying with ``weights_only=False``
+    is silenced (that advice is unsafe). Errors are torch's own: each caller words them."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ddpm_tools.errors import BadInputError, CheckpointError, MissingExtraError
-from ddpm_tools.io.files import atomic_write_safetensors, sha256_file
+from ddpm_tools.io.files import atomic_write_safetensors, sha256_file, torch_load_weights_only
 from ddpm_tools.progress import ProgressFn, report
 
 CLASSIFIER_VERSION = "1"  # format/architecture version written to the weights' metadata
@@ -264,9 +263,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file as load_torch
 
             return load_torch(str(path))
-        with warnings.catch_warnings():  # torch's advice (weights_only=False) is unsafe
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(
             f"Inception weights {path} are unreadable as safetensors or a weights-only "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ddpm_tools.errors import CheckpointError, MissingExtraError
-from ddpm_tools.io.files import cache_root, read_json, sha256_file
+from ddpm_tools.io.files import cache_root, read_json, sha256_file, torch_load_weights_only
 from ddpm_tools.sets.checkpoint_set import CheckpointSet
 from ddpm_tools.sets.diffusers_config import read_scheduler_config, read_unet_config
 from ddpm_tools.sets.manifest import MANIFEST_NAME, DataInfo, ExternalArch, Member, SetManifest
@@ -152,9 +151,7 @@ def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path), device="cpu")
-        with warnings.catch_warnings():  # torch's advice (weights_only=False) is unsafe
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     except pickle.UnpicklingError:
         raise CheckpointError(
             f"{where}: weights file {path} holds pickled Python objects, not only tensors; "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,12 @@ from safetensors.torch import save
 
 from ddpm_tools.core.noise_schedule import make_schedule
 from ddpm_tools.errors import BadInputError, CheckpointError
-from ddpm_tools.io.files import atomic_write_bytes, sha256_bytes, sha256_file
+from ddpm_tools.io.files import (
+    atomic_write_bytes,
+    sha256_bytes,
+    sha256_file,
+    torch_load_weights_only,
+)
 from ddpm_tools.models.openai_unet import OpenAIUNet, OpenAIUNetConfig
 from ddpm_tools.sets.manifest import DataInfo, Member, SetManifest, write_manifest
 from ddpm_tools.sets.openai_flags import (
@@ -69,9 +73,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise BadInputError(f"checkpoint {path} does not exist or is not a file; pass the "
                             "model .pt file downloaded from the project")
     try:
-        with warnings.catch_warnings():  # torch's advice to retry with weights_only=False
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights_only(path)
     except pickle.UnpicklingError as e:
         with open(path, "rb") as f:
             head = f.read(2)
