@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ddpm_tools.core.expsum import Method, exp_sums
+from ddpm_tools.core.expsum import Method, exp_sums, learned_range_sums
 from ddpm_tools.core.gaussian import decoder_nll
 
 
@@ -41,7 +41,8 @@ TAYLOR_TERMS = 48  # terms of the series of phi(y); truncation <= 4^49 / 49! < 1
 CHUNK_ELEMENTS = 1 << 22  # float64 elements per temporary of the direct phi sums
 
 
-def phi_sums(u: torch.Tensor, delta: torch.Tensor, method: Method = "auto") -> torch.Tensor:
+def phi_sums(u: torch.Tensor, delta: torch.Tensor, method: Method = "auto",
+             e_sum: torch.Tensor | None = None) -> torch.Tensor:
     """sum_d phi(u_d delta_j) with phi(y) = e^{-y} - 1 + y >= 0: ``[n, m]``.
 
     The part of the learned-range KL that is a difference of nearly equal numbers when
@@ -53,7 +54,8 @@ def phi_sums(u: torch.Tensor, delta: torch.Tensor, method: Method = "auto") -> t
     few eps of the largest term (<= e^4 times the result). The other entries (u delta
     large, phi of order one per dimension) use the Chebyshev moments of
     :func:`ddpm_tools.core.expsum.exp_sums`: u_sum delta + e_sum - D.
-    ``u``: [n, D] (v in [0, 1]); ``delta``: [m] >= 0.
+    ``u``: [n, D] (v in [0, 1]); ``delta``: [m] >= 0; ``e_sum``: [n, m], sum_d e^{-u_d
+    delta_j} when the caller has it already (it is then not computed again).
     """
     n, dims = u.shape
     m = delta.shape[0]
@@ -78,9 +80,10 @@ def phi_sums(u: torch.Tensor, delta: torch.Tensor, method: Method = "auto") -> t
     far = ~taylor.all(0)  # columns where some example needs the exponential sums
     if bool(far.any()):
         d = delta[far]
-        e_sum = exp_sums(torch.ones_like(u), u, d, method=method)
+        e_far = exp_sums(torch.ones_like(u), u, d, method=method) if e_sum is None \
+            else e_sum[:, far]
         out[:, far] = torch.where(taylor[:, far], out[:, far],
-                                  u.sum(1, keepdim=True) * d[None, :] + e_sum - dims)
+                                  u.sum(1, keepdim=True) * d[None, :] + e_far - dims)
     return out
 
 
@@ -100,8 +103,8 @@ def learned_range_kl(u: torch.Tensor, err2: torch.Tensor, log_beta_tilde: torch.
     ``method="direct"`` sums term by term (the reference).
     """
     delta = log_beta - log_beta_tilde  # [m], >= 0 since beta_tilde <= beta
-    err_e_sum = exp_sums(err2, u, delta, method=method)
-    return 0.5 * (phi_sums(u, delta, method)
+    e_sum, err_e_sum = learned_range_sums(u, err2, delta, method=method)  # one set of moments
+    return 0.5 * (phi_sums(u, delta, method, e_sum)
                   + (coef_x0_sq * torch.exp(-log_beta_tilde))[None, :] * err_e_sum)
 
 
