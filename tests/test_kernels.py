@@ -44,15 +44,21 @@ def random_table(
 
 def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16,
                    parallel=False):
-    """C, bp: [K+1, T+1] from the one-core kernel (or the parallel one)."""
+    """C, bp: [K+1, T+1] from the one-core kernel (or the parallel one), bp[k, t] the
+    argmin s that ``dp_argmin`` finds from the kernel's hint (0 where C is +inf)."""
     n = L.shape[0]
     C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((K + 1, n), dtype=dtype)
+    hint = np.zeros((K + 1, n), dtype=dtype)
     edges = [0, *[c for c in chunks if c is not None], n - 1]
     relax = kernels.dp_relax_rows_parallel if parallel else kernels.dp_relax_rows
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        relax(L, C, bp, lo, hi, block)
+        relax(L, C, hint, lo, hi, block)
+    bp = np.zeros((K + 1, n), dtype=np.int64)
+    for k, t in zip(*np.nonzero(np.isfinite(C[1:])), strict=True):
+        bp[k + 1, t] = kernels.dp_argmin(L, C, hint, k + 1, t)
+        # the argmin lies in the group of rows the hint names
+        assert 0 <= bp[k + 1, t] - hint[k + 1, t] < kernels.DP_GROUP
     return C, bp
 
 
@@ -112,7 +118,7 @@ def test_forward_int32_back_pointers():
     L = random_table(4, n=40)
     C16, bp16 = kernel_forward(L, 39)
     C32, bp32 = kernel_forward(L, 39, dtype=np.int32)
-    assert np.array_equal(C16, C32) and np.array_equal(bp16, bp32.astype(np.int16))
+    assert np.array_equal(C16, C32) and np.array_equal(bp16, bp32)
 
 
 def test_ties_take_smallest_s():
@@ -124,11 +130,14 @@ def test_ties_take_smallest_s():
             assert C[k, t] == k and bp[k, t] == k - 1
 
 
-def test_scan_table_reach_and_first_bad_entry():
+@pytest.mark.parametrize("n", [2, 3, 60, 61])
+@pytest.mark.parametrize("inf_frac", [0.0, 0.02, 0.7])
+def test_scan_table_reach_and_first_bad_entry(n, inf_frac):
+    """Against a plain loop: with and without +inf (two paths in the kernel), for an even
+    and an odd number of rows (the threads take rows in pairs)."""
     rng = np.random.default_rng(5)
-    n = 60
     L = rng.random((n, n))
-    L[rng.random((n, n)) < 0.7] = np.inf
+    L[rng.random((n, n)) < inf_frac] = np.inf
     L[np.tril_indices(n)] = np.nan
     reach = np.empty(n, dtype=np.int64)
     assert kernels.scan_table(L, reach) == (-1, -1)
@@ -139,15 +148,19 @@ def test_scan_table_reach_and_first_bad_entry():
             if ref[s] >= 0 and np.isfinite(L[s, t]):
                 ref[t] = max(ref[t], ref[s] + 1)
     assert np.array_equal(reach, ref)
-    L[7, 30] = np.nan
-    L[9, 12] = -np.inf
-    L[20, 21] = np.nan
-    assert kernels.scan_table(L, reach) == (7, 30)
+    bad = [(n - 2, n - 1)] if n < 40 else [(20, 21), (9, 12), (7, 30), (n - 2, n - 1)]
+    for (s, t), value in zip(bad, [np.nan, -np.inf] * 2, strict=False):
+        L[s, t] = value
+    assert kernels.scan_table(L, reach) == min(bad)  # the first in row-major order
 
 
 def test_best_ends_and_backtrack():
-    L = random_table(6, n=50)
-    C, bp = kernel_forward(L, 49)
+    L = random_table(6, n=50, levels=3)  # ties: the back-tracking takes the smallest s
+    C_ref, bp_ref = reference_forward(L, 49)
+    hint = np.zeros((50, 50), dtype=np.int16)
+    C = np.full((50, 50), np.inf)
+    C[0, 0] = 0.0
+    kernels.dp_relax_rows(L, C, hint, 0, 49, kernels.DP_BLOCK)
     prior = np.random.default_rng(6).random(50) * 3
     budgets = np.arange(1, 50, dtype=np.int64)
     ends = np.empty(49, dtype=np.int64)
@@ -157,8 +170,9 @@ def test_best_ends_and_backtrack():
         total = C[K] + prior
         assert ends[j] == np.argmin(total) and costs[j] == total.min()
         tau = np.empty(K + 1, dtype=np.int64)
-        kernels.dp_backtrack(bp, ends[j], tau)
+        kernels.dp_backtrack(L, C, hint, ends[j], tau)
         assert tau[0] == 0 and tau[-1] == ends[j] and (np.diff(tau) > 0).all()
+        assert all(tau[k - 1] == bp_ref[k, tau[k]] for k in range(1, K + 1))
         steps = L[tau[:-1], tau[1:]]
         assert np.cumsum(steps)[-1] + prior[ends[j]] == costs[j]
 

@@ -118,7 +118,8 @@ def _bp_dtype(T: int) -> type[np.signedinteger]:
 def _forward(
     L: np.ndarray, K: int, progress: ProgressFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the forward pass for budgets up to K. Returns C, bp: [K+1, T+1].
+    """Run the forward pass for budgets up to K. Returns C and the back-pointer hints bp,
+    both [K+1, T+1].
 
     On more than one numba thread (``NUMBA_NUM_THREADS``, default: every core) and for
     T >= ``PARALLEL_MIN_T`` the column blocks are spread over the threads; the result is
@@ -149,7 +150,6 @@ def _solve(
     ends = np.empty(uniq.size, dtype=np.int64)
     costs = np.empty(uniq.size, dtype=np.float64)
     kernels.dp_best_ends(C, prior, uniq, ends, costs)
-    del C  # back-tracking needs only bp: keep peak memory near one table
     if strict and (ends < 0).any():
         K = int(uniq[np.flatnonzero(ends < 0)[0]])
         raise BadInputError(
@@ -160,7 +160,7 @@ def _solve(
     for K, e, c in zip(uniq, ends, costs, strict=True):
         if e >= 0:
             tau = np.empty(K + 1, dtype=np.int64)
-            kernels.dp_backtrack(bp, int(e), tau)
+            kernels.dp_backtrack(L, C, bp, int(e), tau)
             found[int(K)] = DPSolution(int(K), tau, float(c))
     return [found[int(K)] for K in budgets if int(K) in found]
 
@@ -178,8 +178,10 @@ def solve_schedules(
     start). Returns one DPSolution per entry of ``budgets``, in the order given.
     Ties: the smallest s at every step, then the smallest start t.
     Time O(T^2 * K), spread over numba's threads (``NUMBA_NUM_THREADS``); memory one
-    [K+1, T+1] float64 state plus int16 back-pointers (1.25x the size of L when solving
-    every budget at once).
+    [K+1, T+1] float64 state plus int16 back-pointer hints (1.25x the size of L when
+    solving every budget at once, and the solutions themselves: T^2/2 int64 timesteps,
+    0.5x L, for every budget); back-tracking reads L, C and the hints
+    (``kernels.dp_argmin``).
     """
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = _check_budgets(budgets, k_max, "the cost table")

@@ -30,12 +30,14 @@ def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor | float,
 
 
 def _log_ndtr_diff(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(Phi(b) - Phi(a)) for a < b, stable in both tails.
+    """log(Phi(b) - Phi(a)) for a < b, stable in both tails; a may be -inf, b +inf.
 
-    Reflects into the lower tail (Phi(b) - Phi(a) = Phi(-a) - Phi(-b)) where a > 0,
-    then log Phi(b') + log(-expm1(log Phi(a') - log Phi(b'))).
+    Reflects into the lower tail (Phi(b) - Phi(a) = Phi(-a) - Phi(-b)) where a > 0 or
+    b = +inf, then log Phi(b') + log(-expm1(log Phi(a') - log Phi(b'))). Where the lower
+    end is -inf after the reflection the second term is log 1 = 0 exactly, so an open
+    bin costs one log Phi, the same number as log_ndtr of its finite end.
     """
-    flip = a > 0
+    flip = (a > 0) | (b == math.inf)
     lo = torch.where(flip, -b, a)
     hi = torch.where(flip, -a, b)
     log_hi = torch.special.log_ndtr(hi)
@@ -53,19 +55,16 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor,
     al. 2020, eq. (13); improved-diffusion ``discretized_gaussian_log_likelihood``,
     there with L = 256 and a tanh approximation of the CDF; here the exact CDF).
     ``x`` must lie on the levels. ``log_scale`` is log sigma (half the log variance).
+    Two ``log_ndtr`` per element: the open ends are -inf / +inf in :func:`_log_ndtr_diff`.
     """
     if levels < 2:
         raise BadInputError(f"a discretized likelihood needs at least 2 levels (got {levels})")
     half_bin = 1.0 / (levels - 1)
     inv_std = torch.exp(-log_scale)
-    upper = (x - mean + half_bin) * inv_std
-    lower = (x - mean - half_bin) * inv_std
     edge_eps = 0.5 * half_bin
-    log_cdf_upper = torch.special.log_ndtr(upper)  # first bin: P(X < x + half_bin)
-    log_sf_lower = torch.special.log_ndtr(-lower)  # last bin: P(X > x - half_bin)
-    mid = _log_ndtr_diff(lower, upper)
-    return torch.where(x < -1 + edge_eps, log_cdf_upper,
-                       torch.where(x > 1 - edge_eps, log_sf_lower, mid))
+    upper = torch.where(x > 1 - edge_eps, math.inf, (x - mean + half_bin) * inv_std)
+    lower = torch.where(x < -1 + edge_eps, -math.inf, (x - mean - half_bin) * inv_std)
+    return _log_ndtr_diff(lower, upper)
 
 
 def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor,

@@ -16,12 +16,16 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
   columns; for each (column block, k) the block's rows run back to back, so the slice
   ``C[k, t-block]`` stays in L1 and L[s, t-block] is reused from cache;
 * only ``k <= s + 1`` can be finite in ``C[k-1, s] + L[s, t]``, so fewer k for small s;
-* back-pointers ``bp: [K+1, T+1]`` hold the argmin s in the smallest integer type that
-  fits (int16 up to T = 32768), written as ``bp.dtype`` values;
-* an improvement is a branch-free select on both C and bp (``better = cand < C[k, t]``),
-  which vectorizes on AVX2 as well as AVX-512 (a conditional store needs masked stores,
-  slow or missing on many CPUs); four rows s share one pass over t, so C[k, t] and
-  bp[k, t] stay in registers across them (2.5-3x faster than one row per pass on AVX2);
+* rows go through a pass over t in groups of ``DP_GROUP`` = 8: the group's minimum over
+  its rows (a tree of ``min``, exact in any order since no NaN gets here) is compared
+  once with C[k, t]. Where it is smaller (strict ``<``, so the earliest group wins
+  ties), C[k, t] takes it and the hint ``bp[k, t]`` takes the group's first row;
+  :func:`dp_argmin` finds the smallest s inside that group when back-tracking. bp is in
+  the smallest integer type that holds every s (int16 up to T = 32768);
+* the hint is written as ``h + (s - h) * better``, not ``s if better else h``: numba's
+  select becomes a conditional store, which AVX2 cannot vectorize (LLVM made it one branch
+  per lane); the arithmetic form is a vector blend. The innermost
+  loop is branch-free: 8 adds, 8 mins, one compare and one blend per 4 targets;
 * the column blocks of one row block are independent: ``dp_relax_rows_parallel`` spreads
   them over numba's threads (``NUMBA_NUM_THREADS``), one meeting per row block. Every
   (k, t) still sees the rows s in ascending order, so both kernels give the same bits.
@@ -88,39 +92,84 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     # it waits for needs (the threaded DP then ran 2-4x slower than on one thread)
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
+DP_GROUP = 8  # rows per pass over t in _push_columns (the unrolled code below)
 DP_BLOCK = 16  # source rows s pushed together by one thread (C[k, t-block] reused per block)
 DP_BLOCK_PARALLEL = 128  # rows per meeting of the threads in the parallel kernel
 DP_COLUMNS = 128  # target columns t per unit of work (C[k, t-block] stays in L1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def scan_table(L: np.ndarray, reach: np.ndarray) -> tuple[int, int]:
     """Check the used part of a cost table and find the longest finite path to each t.
 
     L: [T+1, T+1] float64 (only s < t is read). reach: [T+1] int64 output: the largest
     number of steps of a path 0 -> t whose every step is finite, -1 if none (reach[0] = 0).
     Returns the first (s, t) in row-major order with L[s, t] NaN or -inf, or (-1, -1).
+
+    1. One pass over the rows, spread over numba's threads (row s with row T-1-s, so
+       every thread reads the same amount), counts the bad and the +inf entries per row
+       with a branch-free loop that vectorizes.
+    2. No +inf anywhere (a trained set's table): every t is reached in t steps. Otherwise
+       the path lengths by one more pass, in ascending s (:func:`_longest_paths`).
     """
     n = L.shape[0]
     inf = np.inf
-    for t in range(n):
-        reach[t] = -1
-    reach[0] = 0
+    n_bad = np.zeros(n, dtype=np.int64)
+    n_inf = np.zeros(n, dtype=np.int64)
+    for i in numba.prange(n // 2):  # rows i and n-2-i (the same row once if T is odd)
+        _count_row(L, np.int64(i), n_bad, n_inf)
+        _count_row(L, n - 2 - np.int64(i), n_bad, n_inf)
     for s in range(n - 1):
-        row = L[s]
-        n_bad = 0  # NaN and -inf both fail "> -inf": a branch-free count vectorizes
-        for t in range(s + 1, n):
-            n_bad += 0 if row[t] > -inf else 1
-        if n_bad:
+        if n_bad[s]:
             for t in range(s + 1, n):
-                if not row[t] > -inf:
+                if not L[s, t] > -inf:
                     return s, t
-        if reach[s] >= 0:
-            r1 = reach[s] + 1
-            for t in range(s + 1, n):
-                if row[t] < inf and r1 > reach[t]:
-                    reach[t] = r1
+    if n_inf.sum() == 0:
+        for t in range(n):
+            reach[t] = t
+    else:
+        _longest_paths(L, reach)
     return -1, -1
+
+
+@numba.njit(cache=True)
+def _count_row(L: np.ndarray, s: int, n_bad: np.ndarray, n_inf: np.ndarray) -> None:
+    """n_bad[s], n_inf[s]: how many L[s, t], t > s, are NaN or -inf, and +inf."""
+    row = L[s, s + 1 :]  # a 0-based view: with t from s + 1, nothing vectorizes
+    bad = 0
+    infs = 0
+    for j in range(row.shape[0]):
+        x = row[j]
+        bad += 0 if x > -np.inf else 1  # NaN and -inf both fail "> -inf"
+        infs += 1 if x == np.inf else 0
+    n_bad[s] = bad
+    n_inf[s] = infs
+
+
+@numba.njit(cache=True)
+def _longest_paths(L: np.ndarray, reach: np.ndarray) -> None:
+    """reach[t]: the most steps of a path 0 -> t with every L[s, t] < +inf (-1: none).
+
+    Rows in ascending s, each read once by a branch-free loop that vectorizes: the path
+    lengths are float64 (exact below 2^53), so an update is a compare, a select and a
+    max; the loop runs over 0-based views of the row (see scan_table).
+    """
+    n = L.shape[0]
+    longest = np.full(n, -1.0)
+    longest[0] = 0.0
+    for s in range(n - 1):
+        row = L[s, s + 1 :]
+        later = longest[s + 1 :]
+        r1 = longest[s] + 1.0 if longest[s] >= 0.0 else -1.0  # -1: the update does nothing
+        for j in range(row.shape[0]):
+            later[j] = max(r1 if row[j] < np.inf else -1.0, later[j])
+    for t in range(n):
+        reach[t] = np.int64(longest[t])
+
+
+@numba.njit(cache=True, inline="always")
+def _min(a: float, b: float) -> float:
+    return a if a < b else b
 
 
 @numba.njit(cache=True)
@@ -138,10 +187,11 @@ def _push_inside(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int)
             Ck = C[k]
             bk = bp[k]
             for t in range(s + 1, s1):
-                cand = c + Ls[t]
-                better = cand < Ck[t]
-                bk[t] = sv if better else bk[t]
-                Ck[t] = cand if better else Ck[t]
+                x = c + Ls[t]
+                cur = Ck[t]
+                h = bk[t]
+                bk[t] = h + (sv - h) * (x < cur)
+                Ck[t] = x if x < cur else cur
 
 
 @numba.njit(cache=True)
@@ -151,54 +201,45 @@ def _push_columns(
     """Push the final rows s in [s0, s1) onto the targets t in [ta, tb), ta >= s1.
 
     Loop order k, s, t: the slice C[k, ta:tb] stays in L1 while the block's rows update
-    it in ascending s (strict ``<``: the smallest s wins ties). Rows go four at a time
-    through one pass over t, so C[k, t] and bp[k, t] are loaded and stored once per four
-    rows; the innermost loop is branch-free and vectorizes.
+    it in ascending s. Rows go eight at a time through one pass over t: their minimum is
+    a tree of ``min`` (the same value in any order: no NaN reaches here), compared once
+    with C[k, t]; where it is smaller (strict ``<``), C takes it and bp takes the group's
+    first row. :func:`dp_argmin` later finds the row inside the group. The innermost
+    loop is branch-free and vectorizes; bp is written once per eight rows.
     """
     K = C.shape[0] - 1
-    inf = np.inf
     w = tb - ta
     for k in range(1, min(s1, K) + 1):
         Ck = C[k, ta:tb]
         bk = bp[k, ta:tb]
         s = max(s0, k - 1)  # C[k-1, s] = +inf for s < k-1
-        while s + 4 <= s1:
-            c0, c1, c2, c3 = C[k - 1, s], C[k - 1, s + 1], C[k - 1, s + 2], C[k - 1, s + 3]
+        while s + 8 <= s1:
+            c = C[k - 1, s:s + 8]
+            c0, c1, c2, c3, c4, c5, c6, c7 = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
             L0, L1, L2, L3 = L[s, ta:tb], L[s + 1, ta:tb], L[s + 2, ta:tb], L[s + 3, ta:tb]
-            v0, v1 = bp.dtype.type(s), bp.dtype.type(s + 1)
-            v2, v3 = bp.dtype.type(s + 2), bp.dtype.type(s + 3)
+            L4, L5, L6, L7 = (L[s + 4, ta:tb], L[s + 5, ta:tb], L[s + 6, ta:tb],
+                              L[s + 7, ta:tb])
+            v = bp.dtype.type(s)
             for j in range(w):
+                a = _min(_min(c0 + L0[j], c1 + L1[j]), _min(c2 + L2[j], c3 + L3[j]))
+                b = _min(_min(c4 + L4[j], c5 + L5[j]), _min(c6 + L6[j], c7 + L7[j]))
+                m = _min(a, b)
                 cur = Ck[j]
-                arg = bk[j]
-                x = c0 + L0[j]
-                better = x < cur
-                arg = v0 if better else arg
-                cur = x if better else cur
-                x = c1 + L1[j]
-                better = x < cur
-                arg = v1 if better else arg
-                cur = x if better else cur
-                x = c2 + L2[j]
-                better = x < cur
-                arg = v2 if better else arg
-                cur = x if better else cur
-                x = c3 + L3[j]
-                better = x < cur
-                arg = v3 if better else arg
-                cur = x if better else cur
-                Ck[j] = cur
-                bk[j] = arg
-            s += 4
+                h = bk[j]
+                bk[j] = h + (v - h) * (m < cur)  # arithmetic, not a select: see the module
+                Ck[j] = m if m < cur else cur
+            s += 8
         while s < s1:  # the last rows of the block, one at a time
-            c = C[k - 1, s]
-            if c != inf:
-                sv = bp.dtype.type(s)
-                Ls = L[s, ta:tb]
+            c0 = C[k - 1, s]
+            if c0 != np.inf:
+                v = bp.dtype.type(s)
+                L0 = L[s, ta:tb]
                 for j in range(w):
-                    x = c + Ls[j]
-                    better = x < Ck[j]
-                    bk[j] = sv if better else bk[j]
-                    Ck[j] = x if better else Ck[j]
+                    x = c0 + L0[j]
+                    cur = Ck[j]
+                    h = bk[j]
+                    bk[j] = h + (v - h) * (x < cur)
+                    Ck[j] = x if x < cur else cur
             s += 1
 
 
@@ -271,13 +312,28 @@ def dp_best_ends(
 
 
 @numba.njit(cache=True)
-def dp_backtrack(bp: np.ndarray, end: int, tau: np.ndarray) -> None:
-    """Follow back-pointers from (end, K) to 0, K = tau.size - 1.
+def dp_argmin(L: np.ndarray, C: np.ndarray, bp: np.ndarray, k: int, t: int) -> int:
+    """The smallest s with C[k-1, s] + L[s, t] == C[k, t]: the step into (k, t) of the best
+    path, after the forward pass. bp[k, t] is the first row of the group of rows that set
+    C[k, t] last, so the search starts there and ends inside that group (at most
+    ``DP_GROUP`` rows): the sum is the same float64 addition as in the forward pass, so
+    the equality is exact, and every row before the group gave a larger sum."""
+    c = C[k, t]
+    for s in range(np.int64(bp[k, t]), t):
+        if C[k - 1, s] + L[s, t] == c:
+            return s
+    return -1  # not reached: C and bp came from the forward pass over this L
 
-    bp: [Kmax+1, T+1]; tau: [K+1] int64 output, 0 = tau_0 < ... < tau_K = end.
+
+@numba.njit(cache=True)
+def dp_backtrack(L: np.ndarray, C: np.ndarray, bp: np.ndarray, end: int, tau: np.ndarray) -> None:
+    """Follow the best steps back from (K, end) to 0, K = tau.size - 1.
+
+    L, C, bp: as left by the forward pass; tau: [K+1] int64 output,
+    0 = tau_0 < ... < tau_K = end, each step the smallest s of :func:`dp_argmin`.
     """
     t = end
     for k in range(tau.shape[0] - 1, 0, -1):
         tau[k] = t
-        t = np.int64(bp[k, t])
+        t = dp_argmin(L, C, bp, k, t)
     tau[0] = t
