@@ -14,14 +14,28 @@ relative difference between the two paths is checked in the same run (must be < 
 Configurations: D = 3072 (32x32x3), T = 1000, n = 64 examples; D = 12288 (64x64x3),
 T = 4000, n = 64, from a few columns.
 
+Then the whole ``learned_range`` cost table against its floor, the same network calls
+alone (issue 17's target: at most 1.15x at D = 3072, T = 1000): an improved-diffusion
+U-Net with learned sigmas (as in ``bench_image.py``: width 32, one residual block per
+level, its initialisation, read by ``import-checkpoint``), random images, 4 examples
+per column in one batch, one torch thread, CPU seconds. At D = 3072, T = 1000 both are
+measured whole: ``build_cost_table`` (everything, the prior and the file included) and
+T plain calls under ``torch.inference_mode``, one after each column at the same t,
+timed apart; at D = 12288 (64x64x3), T = 4000 from a few columns t (one
+``column_costs`` with its mean and standard error, against one plain call at t), the
+table extrapolated by a line a + b t and the floor by T times the mean call.
+
     python benchmarks/bench_costs.py [--quick] [--repeat 3] [--json]
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +50,42 @@ from _common import (  # noqa: E402
     machine,
     median_time,
     print_table,
+    timed,
     torch_threads,
     yes_no,
 )
+from bench_image import make_set  # noqa: E402
 
 from ddpm_tools.core.expsum import learned_range_sums, plan  # noqa: E402
 from ddpm_tools.core.noise_schedule import make_schedule  # noqa: E402
+from ddpm_tools.core.stats import mean_and_se  # noqa: E402
+from ddpm_tools.costs.build import build_cost_table  # noqa: E402
+from ddpm_tools.costs.estimate import (  # noqa: E402
+    COST_STREAM,
+    CostSettings,
+    column_costs,
+    select_examples,
+)
+from ddpm_tools.data import load_data  # noqa: E402
+from ddpm_tools.sets.denoiser import Denoiser  # noqa: E402
 
 TARGET_RTOL = 1e-10
+TARGET_RATIO = 1.15  # whole learned_range table / its network calls, D = 3072, T = 1000
+
+
+@dataclass(frozen=True)
+class TableCase:
+    """A learned_range cost table of an improved-diffusion U-Net against its network calls."""
+
+    image_size: int  # D = 3 * image_size^2
+    T: int
+    samples: int  # examples per column, one batch
+    columns: tuple[int, ...] = ()  # the columns t measured; empty: the whole table
+    target: bool = False  # the 1.15x target applies
+
+
+TABLES = (TableCase(32, 1000, 4, target=True), TableCase(64, 4000, 4, (500, 1500, 2500, 3500)))
+QUICK_TABLES = (TableCase(32, 30, 2, target=True), TableCase(32, 60, 2, (20, 50)))
 
 
 def column_inputs(T: int, t: int, n: int, D: int, seed: int = 0
@@ -63,11 +105,11 @@ def median_seconds(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return median_time(fn, repeat, time.process_time)
 
 
-def whole_table(ts: list[int], secs: list[float], T: int) -> float:
-    """sum_{t=2..T} (a + b t) for the least-squares line through (ts, secs)."""
+def whole_table(ts: list[int], secs: list[float], T: int, first: int = 2) -> float:
+    """sum_{t=first..T} (a + b t) for the least-squares line through (ts, secs)."""
     b, a = np.polyfit(np.asarray(ts, float), np.asarray(secs), 1) if len(ts) > 1 else (
         secs[0] / ts[0], 0.0)
-    t_all = np.arange(2, T + 1, dtype=float)
+    t_all = np.arange(first, T + 1, dtype=float)
     return float(np.sum(np.maximum(a + b * t_all, 0.0)))
 
 
@@ -103,6 +145,67 @@ def run_config(D: int, T: int, n: int, fast_ts: list[int], direct_ts: list[int],
             "pieces": cols[-1]["pieces"], "points": cols[-1]["points"]}
 
 
+def unet_flags(size: int, T: int) -> str:
+    """improved-diffusion flags of the benchmark U-Net for ``size`` x ``size`` images."""
+    return (f"--image_size {size} --num_channels 32 --num_res_blocks 1 --attention_resolutions "
+            f"{size // 4} --learn_sigma True --noise_schedule cosine --diffusion_steps {T}")
+
+
+def table_case(case: TableCase, tmp: Path, repeat: int) -> dict[str, Any]:
+    """CPU seconds of the cost table and of its network calls alone (see the docstring)."""
+    cset = make_set(tmp, unet_flags(case.image_size, case.T))
+    n, size = case.samples, case.image_size
+    rng = np.random.default_rng(0)
+    np.savez(tmp / "img.npz", train=rng.integers(0, 256, (n, size, size, 3), np.uint8),
+             test=rng.integers(0, 256, (2, size, size, 3), np.uint8))
+    train = load_data(f"npz:{tmp / 'img.npz'}", "train")
+    net = cset.load_member(0)
+    shape = tuple(cset.manifest.data.shape)
+
+    def call(t: int) -> None:
+        with torch.inference_mode():
+            net(torch.randn((n, *shape)), torch.full((n,), t))
+
+    call(1)  # warm-up
+    out: dict[str, Any] = {"D": int(np.prod(shape)), "T": case.T, "samples": n,
+                           "columns": list(case.columns), "target": case.target}
+    if not case.columns:
+        # the floor interleaved with the table: after each column t, the plain call at t,
+        # timed apart and taken out of the table's time (on a shared machine the speed of
+        # a core drifts by 10-20 % within seconds; side by side, both see the same drift)
+        floor = [0.0, 0.0]
+
+        def after_column(task: str, done: int, total: int, **info: float) -> None:
+            if task.startswith("cost table"):
+                wall, cpu = time.perf_counter(), time.process_time()
+                call(done)  # columns t = 1..T in order: the done-th column is t = done
+                floor[0] += time.perf_counter() - wall
+                floor[1] += time.process_time() - cpu
+
+        both, _ = timed(lambda: build_cost_table(cset, train, tmp / "c.safetensors",
+                                                 CostSettings(samples=n, batch_size=n),
+                                                 progress=after_column))
+        out.update(table_s=both.cpu - floor[1], floor_s=floor[1],
+                   table_wall_s=both.wall - floor[0], floor_wall_s=floor[0])
+    else:
+        den = Denoiser(cset)
+        x0 = select_examples(train, n, 0)
+
+        def column(t: int) -> None:
+            res = column_costs(den, x0, t, np.arange(t), 0, COST_STREAM, n)
+            torch.stack(mean_and_se(res.costs)).cpu()
+
+        calls, cols = [], []
+        for t in case.columns:  # side by side, so that both see the same machine
+            calls.append(median_seconds(partial(call, t), repeat)[0])
+            cols.append(median_seconds(partial(column, t), repeat)[0])
+        out.update(table_s=whole_table(list(case.columns), cols, case.T, first=1),
+                   floor_s=float(np.mean(calls)) * case.T, column_s=cols, call_s=calls)
+    out["ratio"] = out["table_s"] / out["floor_s"]
+    out["ok"] = out["ratio"] <= TARGET_RATIO if case.target else None
+    return out
+
+
 def run(quick: bool, repeat: int) -> dict[str, Any]:
     res: dict[str, Any] = {"benchmark": "costs", "machine": machine(),
                            "settings": {"quick": quick, "repeat": repeat, "torch_threads": 1}}
@@ -113,6 +216,10 @@ def run(quick: bool, repeat: int) -> dict[str, Any]:
                    (12288, 4000, 64, [1000, 2000, 4000], [250, 500, 1000])]
     with torch_threads(1):
         res["configs"] = [run_config(D, T, n, f, d, repeat) for D, T, n, f, d in configs]
+        res["tables"] = []
+        for case in QUICK_TABLES if quick else TABLES:
+            with tempfile.TemporaryDirectory(prefix="ddpm-bench-costs-") as d:
+                res["tables"].append(table_case(case, Path(d), repeat))
     return res
 
 
@@ -124,7 +231,17 @@ def summary(res: dict[str, Any]) -> list[dict[str, Any]]:
              "anchor": f"direct sum {c['direct_table_s']:.0f} s (extrap.)",
              "ratio": f"{c['speedup']:.0f}x faster",
              "target": f"max rel. diff {c['max_rel_err']:.1e} < 1e-10", "met": c["ok"]}
-            for c in res["configs"]]
+            for c in res["configs"]] + [
+        {"measured": f"learned_range cost table vs its network calls: U-Net, D={c['D']}, "
+                     f"T={c['T']}, {c['samples']} examples per column"
+                     + (" (whole)" if not c["columns"] else
+                        f" (from columns t={', '.join(map(str, c['columns']))})"),
+         "ours": f"{c['table_s']:.1f} s" + (" (extrap.)" if c["columns"] else ""),
+         "anchor": f"network calls alone {c['floor_s']:.1f} s"
+                   + (" (extrap.)" if c["columns"] else ""),
+         "ratio": f"{c['ratio']:.2f}x", "target": f"<= {TARGET_RATIO}x" if c["target"] else "-",
+         "met": c["ok"]}
+        for c in res.get("tables", [])]
 
 
 def print_human(res: dict[str, Any]) -> None:

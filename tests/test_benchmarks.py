@@ -8,6 +8,8 @@ import importlib
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -100,6 +102,13 @@ def test_bench_costs_quick_json_and_its_summary_table(monkeypatch, capsys, tmp_p
     (c,) = res["configs"]
     _positive(c, ["fast_table_s", "direct_table_s", "speedup", "pieces", "points"])
     assert c["ok"] is True and c["max_rel_err"] < 1e-10
+    whole, cols = res["tables"]  # the table against its network calls: whole, then columns
+    for tab in (whole, cols):
+        _positive(tab, ["table_s", "floor_s", "ratio"])
+        assert tab["ratio"] == pytest.approx(tab["table_s"] / tab["floor_s"])
+    assert whole["columns"] == [] and whole["target"] and isinstance(whole["ok"], bool)
+    assert len(cols["columns"]) == len(cols["column_s"]) == len(cols["call_s"]) >= 2
+    assert cols["ok"] is None and cols["D"] == 3072
     run_all = importlib.import_module("run_all")
     entry = {"date": "2026-11-30 06:00 UTC", "quick": True, "seconds": 1.0,
              "load_start": None, "load_end": None, "result": res}
@@ -107,3 +116,4 @@ def test_bench_costs_quick_json_and_its_summary_table(monkeypatch, capsys, tmp_p
     md = (tmp_path / "results.md").read_text()
     assert "| what was measured | ours | anchor or floor | ratio | target | met |" in md
     assert "| learned_range sums, whole table: D=256, T=200" in md and "| yes |" in md
+    assert "| learned_range cost table vs its network calls: U-Net, D=3072, T=30" in md

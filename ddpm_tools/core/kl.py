@@ -68,10 +68,11 @@ def phi_sums(u: torch.Tensor, delta: torch.Tensor, method: Method = "auto",
         return out
     k = torch.arange(2, TAYLOR_TERMS + 1, dtype=u.dtype, device=u.device)  # [K]
     power = u * u
-    moments = torch.empty((n, k.shape[0]), dtype=u.dtype, device=u.device)
-    for j in range(k.shape[0]):  # M_k = sum_d u_d^k, k = 2..TAYLOR_TERMS
-        moments[:, j] = power.sum(1)
-        power = power * u
+    rows = torch.empty((k.shape[0], n), dtype=u.dtype, device=u.device)
+    for j in range(k.shape[0]):  # M_k = sum_d u_d^k, k = 2..TAYLOR_TERMS, in place
+        torch.sum(power, 1, out=rows[j])
+        power.mul_(u)
+    moments = rows.T  # [n, K]
     sign = torch.where(k % 2 == 0, 1.0, -1.0).to(u.dtype)
     coef = sign[:, None] * torch.exp(k[:, None] * torch.log(delta)[None, :]
                                      - torch.lgamma(k + 1)[:, None])  # (-delta)^k / k!
