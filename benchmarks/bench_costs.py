@@ -54,7 +54,7 @@ from _common import (  # noqa: E402
     torch_threads,
     yes_no,
 )
-from bench_image import make_set  # noqa: E402
+from bench_image import make_set, random_images, unet_flags  # noqa: E402
 
 from ddpm_tools.core.expsum import learned_range_sums, plan  # noqa: E402
 from ddpm_tools.core.noise_schedule import make_schedule  # noqa: E402
@@ -145,19 +145,11 @@ def run_config(D: int, T: int, n: int, fast_ts: list[int], direct_ts: list[int],
             "pieces": cols[-1]["pieces"], "points": cols[-1]["points"]}
 
 
-def unet_flags(size: int, T: int) -> str:
-    """improved-diffusion flags of the benchmark U-Net for ``size`` x ``size`` images."""
-    return (f"--image_size {size} --num_channels 32 --num_res_blocks 1 --attention_resolutions "
-            f"{size // 4} --learn_sigma True --noise_schedule cosine --diffusion_steps {T}")
-
-
 def table_case(case: TableCase, tmp: Path, repeat: int) -> dict[str, Any]:
     """CPU seconds of the cost table and of its network calls alone (see the docstring)."""
     cset = make_set(tmp, unet_flags(case.image_size, case.T))
     n, size = case.samples, case.image_size
-    rng = np.random.default_rng(0)
-    np.savez(tmp / "img.npz", train=rng.integers(0, 256, (n, size, size, 3), np.uint8),
-             test=rng.integers(0, 256, (2, size, size, 3), np.uint8))
+    random_images(tmp / "img.npz", size, n, 2)
     train = load_data(f"npz:{tmp / 'img.npz'}", "train")
     net = cset.load_member(0)
     shape = tuple(cset.manifest.data.shape)

@@ -58,13 +58,24 @@ class Sizes:
     budgets: tuple[int, ...]  # K of the DP vs even comparison
 
 
-MODEL = ("--image_size 32 --num_channels 32 --num_res_blocks 1 --attention_resolutions 8 "
-         "--learn_sigma True --noise_schedule cosine")
-DEFAULT = Sizes(f"{MODEL} --diffusion_steps 1000", samples=4, batch_size=4,
+def unet_flags(size: int, T: int) -> str:
+    """improved-diffusion flags of the benchmark U-Net for ``size`` x ``size`` images."""
+    return (f"--image_size {size} --num_channels 32 --num_res_blocks 1 --attention_resolutions "
+            f"{size // 4} --learn_sigma True --noise_schedule cosine --diffusion_steps {T}")
+
+
+def random_images(path: Path, size: int, n_train: int, n_test: int) -> None:
+    """An npz of random 8-bit RGB images (train and test splits, at least 2 each)."""
+    rng = np.random.default_rng(0)
+    np.savez(path, train=rng.integers(0, 256, (max(n_train, 2), size, size, 3), np.uint8),
+             test=rng.integers(0, 256, (max(n_test, 2), size, size, 3), np.uint8))
+
+
+DEFAULT = Sizes(unet_flags(32, 1000), samples=4, batch_size=4,
                 eval_samples=8, budgets=(16, 32))
-FULL = Sizes(f"{MODEL} --diffusion_steps 4000", samples=4, batch_size=4,
+FULL = Sizes(unet_flags(32, 4000), samples=4, batch_size=4,
              eval_samples=8, budgets=(16, 32))
-QUICK = Sizes(f"{MODEL} --diffusion_steps 40", samples=2, batch_size=2, eval_samples=2,
+QUICK = Sizes(unet_flags(32, 40), samples=2, batch_size=2, eval_samples=2,
               budgets=(4, 8))
 
 
@@ -100,10 +111,7 @@ def run(sizes: Sizes, label: str, threads: int) -> dict[str, Any]:
     res: dict[str, Any] = {"benchmark": "image", "machine": machine()}
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="ddpm-bench-img-") as d:
         tmp = Path(d)
-        rng = np.random.default_rng(0)
-        np.savez(tmp / "img.npz",
-                 train=rng.integers(0, 256, (max(sizes.samples, 2), 32, 32, 3), np.uint8),
-                 test=rng.integers(0, 256, (max(sizes.eval_samples, 2), 32, 32, 3), np.uint8))
+        random_images(tmp / "img.npz", 32, sizes.samples, sizes.eval_samples)
         cset = make_set(tmp, sizes.flags)
         params = sum(p.numel() for p in cset.load_member(0).parameters())
         train = load_data(f"npz:{tmp / 'img.npz'}", "train")

@@ -116,7 +116,7 @@ def scan_table(L: np.ndarray, reach: np.ndarray) -> tuple[int, int]:
     inf = np.inf
     n_bad = np.zeros(n, dtype=np.int64)
     n_inf = np.zeros(n, dtype=np.int64)
-    for i in numba.prange(n // 2):  # rows i and n-2-i (the same row once if T is odd)
+    for i in numba.prange(n // 2):  # rows i and n-2-i (if T is odd, the middle row twice)
         _count_row(L, np.int64(i), n_bad, n_inf)
         _count_row(L, n - 2 - np.int64(i), n_bad, n_inf)
     for s in range(n - 1):
