@@ -43,22 +43,26 @@ def random_table(
 
 
 def kernel_forward(L, K, block=kernels.DP_BLOCK, chunks=(None,), dtype=np.int16,
-                   parallel=False):
-    """C, bp: [K+1, T+1] from the one-core kernel (or the parallel one), bp[k, t] the
-    argmin s that ``dp_argmin`` finds from the kernel's hint (0 where C is +inf)."""
+                   parallel=False, hints=True):
+    """C, bp: [K+1, T+1] from the one-core kernel (or the parallel one on every numba
+    thread), bp[k, t] the argmin s that ``dp_argmin`` finds, from the kernel's hint or
+    (``hints=False``) without one; 0 where C is +inf."""
     n = L.shape[0]
     C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    hint = np.zeros((K + 1, n), dtype=dtype)
+    hint = np.zeros((K + 1, n) if hints else (0, 0), dtype=dtype)
     edges = [0, *[c for c in chunks if c is not None], n - 1]
-    relax = kernels.dp_relax_rows_parallel if parallel else kernels.dp_relax_rows
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        relax(L, C, hint, lo, hi, block)
+        if parallel:
+            kernels.dp_relax_rows_parallel(L, C, hint, lo, hi, block, numba.get_num_threads(),
+                                           lo > 0)
+        else:
+            kernels.dp_relax_rows(L, C, hint, lo, hi, block)
     bp = np.zeros((K + 1, n), dtype=np.int64)
     for k, t in zip(*np.nonzero(np.isfinite(C[1:])), strict=True):
         bp[k + 1, t] = kernels.dp_argmin(L, C, hint, k + 1, t)
-        # the argmin lies in the group of rows the hint names
-        assert 0 <= bp[k + 1, t] - hint[k + 1, t] < kernels.DP_GROUP
+        if hints:  # the argmin lies in the group of rows the hint names
+            assert 0 <= bp[k + 1, t] - hint[k + 1, t] < kernels.DP_GROUP
     return C, bp
 
 
@@ -86,9 +90,10 @@ def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, thread
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        for block in (kernels.DP_BLOCK_PARALLEL, 5):
+        for block, hints in [(kernels.DP_BLOCK, True), (5, True), (kernels.DP_BLOCK, False),
+                             (37, False)]:
             C2, bp2 = kernel_forward(L, K, block=block, chunks=(T_ // 3 or None,),
-                                     parallel=True)
+                                     parallel=True, hints=hints)
             assert np.array_equal(C2, C1) and np.array_equal(bp2, bp1)
     finally:
         numba.set_num_threads(before)
@@ -100,11 +105,32 @@ def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, thread
 
 
 @pytest.mark.parametrize("block,chunks", [(1, (None,)), (7, (5, 123)), (300, (299,))])
-def test_forward_independent_of_blocking_and_chunks(block, chunks):
+@pytest.mark.parametrize("hints", [True, False])
+def test_forward_independent_of_blocking_and_chunks(block, chunks, hints):
     L = random_table(2)
     C0, bp0 = kernel_forward(L, 40)
-    C, bp = kernel_forward(L, 40, block=block, chunks=chunks)
+    C, bp = kernel_forward(L, 40, block=block, chunks=chunks, hints=hints)
     assert np.array_equal(C, C0) and np.array_equal(bp, bp0)
+
+
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("chunks", [(None,), (100, 101, 250)])
+def test_parallel_kernel_any_share_count_and_cuts(threads, chunks):
+    """More shares than threads (numba runs them in turn) and calls cut anywhere, after a
+    block's own targets were done by the call before: the same bits."""
+    L = random_table(7, levels=3)
+    C0, bp0 = kernel_forward(L, 50)
+    n = L.shape[0]
+    for hints in (True, False):
+        C = np.full((51, n), np.inf)
+        C[0, 0] = 0.0
+        hint = np.zeros((51, n) if hints else (0, 0), dtype=np.int16)
+        edges = [0, *[c for c in chunks if c is not None], n - 1]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            kernels.dp_relax_rows_parallel(L, C, hint, lo, hi, 64, threads, lo > 0)
+        assert np.array_equal(C, C0)
+        for k, t in zip(*np.nonzero(np.isfinite(C[1:])), strict=True):
+            assert kernels.dp_argmin(L, C, hint, k + 1, t) == bp0[k + 1, t]
 
 
 def test_forward_small_budget_matches_prefix_of_full():

@@ -26,7 +26,8 @@ from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn, report
 
-ROW_CHUNK = 128  # source rows per kernel call of the forward pass (one progress report)
+ROW_CHUNK = kernels.DP_BLOCK  # source rows per kernel call (one progress report)
+HINTS_FRACTION = 32  # hints once back-tracking would cost > 1/32 of the forward pass
 PARALLEL_MIN_T = 256  # below this T the threads' meetings cost more than they save
 
 
@@ -115,11 +116,20 @@ def _bp_dtype(T: int) -> type[np.signedinteger]:
     return np.int16 if T - 1 <= np.iinfo(np.int16).max else np.int32
 
 
+def _want_hints(budgets: np.ndarray, T: int) -> bool:
+    """Whether back-tracking these budgets needs the forward pass's hints. Without them a
+    step reads up to T rows (:func:`kernels.dp_argmin`), so the back-tracking costs about
+    T * sum(budgets) additions against the forward pass's max(budgets) * T^2 / 2; hints
+    cost the forward pass about a quarter more, so they pay when the budgets add up to
+    more than a few percent of max(budgets) * T (every budget at once: half of it)."""
+    return int(budgets.sum()) * HINTS_FRACTION > int(budgets.max()) * T
+
+
 def _forward(
-    L: np.ndarray, K: int, progress: ProgressFn | None
+    L: np.ndarray, K: int, hints: bool, progress: ProgressFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the forward pass for budgets up to K. Returns C and the back-pointer hints bp,
-    both [K+1, T+1].
+    """Run the forward pass for budgets up to K. Returns C: [K+1, T+1] and the back-pointer
+    hints bp: [K+1, T+1] (``hints``) or [0, 0].
 
     On more than one numba thread (``NUMBA_NUM_THREADS``, default: every core) and for
     T >= ``PARALLEL_MIN_T`` the column blocks are spread over the threads; the result is
@@ -128,14 +138,15 @@ def _forward(
     n = L.shape[0]
     C = np.full((K + 1, n), np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((K + 1, n), dtype=_bp_dtype(n - 1))
-    if numba.get_num_threads() > 1 and n - 1 >= PARALLEL_MIN_T:
-        relax, block = kernels.dp_relax_rows_parallel, kernels.DP_BLOCK_PARALLEL
-    else:
-        relax, block = kernels.dp_relax_rows, kernels.DP_BLOCK
+    bp = np.zeros((K + 1, n) if hints else (0, 0), dtype=_bp_dtype(n - 1))
+    threads = numba.get_num_threads()
     for s_lo in range(0, n - 1, ROW_CHUNK):
         s_hi = min(s_lo + ROW_CHUNK, n - 1)
-        relax(L, C, bp, s_lo, s_hi, block)
+        if threads > 1 and n - 1 >= PARALLEL_MIN_T:
+            kernels.dp_relax_rows_parallel(L, C, bp, s_lo, s_hi, kernels.DP_BLOCK, threads,
+                                           s_lo > 0)
+        else:
+            kernels.dp_relax_rows(L, C, bp, s_lo, s_hi, kernels.DP_BLOCK)
         report(progress, "dynamic program", s_hi, n - 1)
     return C, bp
 
@@ -146,7 +157,7 @@ def _solve(
 ) -> list[DPSolution]:
     """Forward pass up to max(budgets), best starts, back-tracking; see solve_schedules."""
     uniq = np.unique(budgets)
-    C, bp = _forward(L, int(uniq[-1]), progress)
+    C, bp = _forward(L, int(uniq[-1]), _want_hints(uniq, L.shape[0] - 1), progress)
     ends = np.empty(uniq.size, dtype=np.int64)
     costs = np.empty(uniq.size, dtype=np.float64)
     kernels.dp_best_ends(C, prior, uniq, ends, costs)
@@ -216,7 +227,8 @@ def warm_up() -> None:
         C = np.full((2, 3), np.inf)
         C[0, 0] = 0.0
         bp = np.zeros((2, 3), dtype=np.int16)
-        kernels.dp_relax_rows_parallel(np.ones((3, 3)), C, bp, 0, 2, kernels.DP_BLOCK_PARALLEL)
+        kernels.dp_relax_rows_parallel(np.ones((3, 3)), C, bp, 0, 2, kernels.DP_BLOCK,
+                                       numba.get_num_threads(), False)
 
 
 def path_cost(L: np.ndarray, prior: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> float:

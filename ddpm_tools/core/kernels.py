@@ -93,9 +93,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 DP_GROUP = 8  # rows per pass over t in _push_columns (the unrolled code below)
-DP_BLOCK = 16  # source rows s pushed together by one thread (C[k, t-block] reused per block)
-DP_BLOCK_PARALLEL = 128  # rows per meeting of the threads in the parallel kernel
-DP_COLUMNS = 128  # target columns t per unit of work (C[k, t-block] stays in L1)
+DP_SUB = 16  # rows pushed together onto a column block (that piece of L stays in L1)
+DP_COLUMNS = 256  # target columns t per column block
+DP_K_CHUNK = 128  # budgets k per pass over a block's rows (that piece of C stays in L2)
+DP_BLOCK = 256  # rows per block: the block's own targets first, then every later one
+OWN_WEIGHT = 2  # a block's pushes onto itself take about twice as long per addition
 
 
 @numba.njit(cache=True, parallel=True)
@@ -176,6 +178,7 @@ def _min(a: float, b: float) -> float:
 def _push_inside(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int) -> None:
     """Push rows s in [s0, s1) onto the targets t < s1 of the same block, s ascending."""
     K = C.shape[0] - 1
+    hints = bp.shape[0] > 0
     inf = np.inf
     for s in range(s0, s1):
         sv = bp.dtype.type(s)
@@ -185,33 +188,41 @@ def _push_inside(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int)
             if c == inf:
                 continue
             Ck = C[k]
-            bk = bp[k]
-            for t in range(s + 1, s1):
-                x = c + Ls[t]
-                cur = Ck[t]
-                h = bk[t]
-                bk[t] = h + (sv - h) * (x < cur)
-                Ck[t] = x if x < cur else cur
+            if hints:
+                bk = bp[k]
+                for t in range(s + 1, s1):
+                    x = c + Ls[t]
+                    cur = Ck[t]
+                    h = bk[t]
+                    bk[t] = h + (sv - h) * (x < cur)
+                    Ck[t] = x if x < cur else cur
+            else:
+                for t in range(s + 1, s1):
+                    x = c + Ls[t]
+                    cur = Ck[t]
+                    Ck[t] = x if x < cur else cur
 
 
 @numba.njit(cache=True)
 def _push_columns(
-    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int, ta: int, tb: int
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int, ta: int, tb: int,
+    k0: int, k1: int,
 ) -> None:
-    """Push the final rows s in [s0, s1) onto the targets t in [ta, tb), ta >= s1.
+    """Push the final rows s in [s0, s1) onto the targets t in [ta, tb), ta >= s1, for the
+    budgets k in [k0, k1).
 
     Loop order k, s, t: the slice C[k, ta:tb] stays in L1 while the block's rows update
     it in ascending s. Rows go eight at a time through one pass over t: their minimum is
-    a tree of ``min`` (the same value in any order: no NaN reaches here), compared once
-    with C[k, t]; where it is smaller (strict ``<``), C takes it and bp takes the group's
-    first row. :func:`dp_argmin` later finds the row inside the group. The innermost
-    loop is branch-free and vectorizes; bp is written once per eight rows.
+    a tree of ``min`` (the same value in any order: no NaN reaches here), taken with
+    C[k, t]. With hints (``bp`` has rows), the group's minimum is compared once with
+    C[k, t]; where it is smaller (strict ``<``), C takes it and bp takes the group's first
+    row; :func:`dp_argmin` later finds the row inside the group. The innermost loops are
+    branch-free and vectorize; bp is written once per eight rows.
     """
-    K = C.shape[0] - 1
+    hints = bp.shape[0] > 0
     w = tb - ta
-    for k in range(1, min(s1, K) + 1):
+    for k in range(k0, min(s1 + 1, k1)):
         Ck = C[k, ta:tb]
-        bk = bp[k, ta:tb]
         s = max(s0, k - 1)  # C[k-1, s] = +inf for s < k-1
         while s + 8 <= s1:
             c = C[k - 1, s:s + 8]
@@ -219,28 +230,74 @@ def _push_columns(
             L0, L1, L2, L3 = L[s, ta:tb], L[s + 1, ta:tb], L[s + 2, ta:tb], L[s + 3, ta:tb]
             L4, L5, L6, L7 = (L[s + 4, ta:tb], L[s + 5, ta:tb], L[s + 6, ta:tb],
                               L[s + 7, ta:tb])
-            v = bp.dtype.type(s)
-            for j in range(w):
-                a = _min(_min(c0 + L0[j], c1 + L1[j]), _min(c2 + L2[j], c3 + L3[j]))
-                b = _min(_min(c4 + L4[j], c5 + L5[j]), _min(c6 + L6[j], c7 + L7[j]))
-                m = _min(a, b)
-                cur = Ck[j]
-                h = bk[j]
-                bk[j] = h + (v - h) * (m < cur)  # arithmetic, not a select: see the module
-                Ck[j] = m if m < cur else cur
+            if hints:
+                bk = bp[k, ta:tb]
+                v = bp.dtype.type(s)
+                for j in range(w):
+                    a = _min(_min(c0 + L0[j], c1 + L1[j]), _min(c2 + L2[j], c3 + L3[j]))
+                    b = _min(_min(c4 + L4[j], c5 + L5[j]), _min(c6 + L6[j], c7 + L7[j]))
+                    m = _min(a, b)
+                    cur = Ck[j]
+                    h = bk[j]
+                    bk[j] = h + (v - h) * (m < cur)  # arithmetic, not a select: see the module
+                    Ck[j] = m if m < cur else cur
+            else:
+                for j in range(w):
+                    a = _min(_min(c0 + L0[j], c1 + L1[j]), _min(c2 + L2[j], c3 + L3[j]))
+                    b = _min(_min(c4 + L4[j], c5 + L5[j]), _min(c6 + L6[j], c7 + L7[j]))
+                    # C[k, t] inside the tree, not last: see the module
+                    Ck[j] = _min(_min(a, Ck[j]), b)
             s += 8
         while s < s1:  # the last rows of the block, one at a time
             c0 = C[k - 1, s]
             if c0 != np.inf:
-                v = bp.dtype.type(s)
                 L0 = L[s, ta:tb]
-                for j in range(w):
-                    x = c0 + L0[j]
-                    cur = Ck[j]
-                    h = bk[j]
-                    bk[j] = h + (v - h) * (x < cur)
-                    Ck[j] = x if x < cur else cur
+                if hints:
+                    bk = bp[k, ta:tb]
+                    v = bp.dtype.type(s)
+                    for j in range(w):
+                        x = c0 + L0[j]
+                        cur = Ck[j]
+                        h = bk[j]
+                        bk[j] = h + (v - h) * (x < cur)
+                        Ck[j] = x if x < cur else cur
+                else:
+                    for j in range(w):
+                        x = c0 + L0[j]
+                        cur = Ck[j]
+                        Ck[j] = x if x < cur else cur
             s += 1
+
+
+@numba.njit(cache=True)
+def _push_block(
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int, ca: int, cb: int
+) -> None:
+    """Push the final rows s in [s0, s1) onto the targets t in [ca, cb), ca >= s1.
+
+    Column blocks of ``DP_COLUMNS``; in each, budgets in chunks of ``DP_K_CHUNK`` (so
+    C[k-chunk, column block] stays in L2 even when every budget is solved); in each
+    chunk, the rows ``DP_SUB`` at a time (so L[rows, column block] stays in L1), in
+    ascending order.
+    """
+    kmax = min(s1, C.shape[0] - 1)
+    for ta in range(ca, cb, DP_COLUMNS):
+        tb = min(ta + DP_COLUMNS, cb)
+        for k0 in range(1, kmax + 1, DP_K_CHUNK):
+            k1 = min(k0 + DP_K_CHUNK, kmax + 1)
+            for r0 in range(s0, s1, DP_SUB):
+                _push_columns(L, C, bp, r0, min(r0 + DP_SUB, s1), ta, tb, k0, k1)
+
+
+@numba.njit(cache=True)
+def _push_own(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int) -> None:
+    """Push the rows s in [s0, s1) onto the targets t < s1 of the same block, ascending
+    in s, so that every C[:, s] is final when row s is read: ``DP_SUB`` rows at a time,
+    each piece first onto itself, then onto the rest of the block."""
+    for b0 in range(s0, s1, DP_SUB):
+        b1 = min(b0 + DP_SUB, s1)
+        _push_inside(L, C, bp, b0, b1)
+        _push_block(L, C, bp, b0, b1, b1, s1)
 
 
 @numba.njit(cache=True)
@@ -251,41 +308,76 @@ def dp_relax_rows(
 
     L: [T+1, T+1] float64 (only s < t read; no NaN, no -inf). C: [K+1, T+1] float64, with
     C[0, 0] = 0 and +inf elsewhere before the first call. bp: [K+1, T+1] integer
-    back-pointers. Rows below ``s_lo`` must have been pushed already (calls in ascending
-    order). After the last call C[k, t] is the least cost of 0 -> t in exactly k steps and
-    bp[k, t] the smallest s attaining it. One core; see :func:`dp_relax_rows_parallel`.
+    back-pointer hints, or [0, 0] for none. Rows below ``s_lo`` must have been pushed
+    already (calls in ascending order). After the last call C[k, t] is the least cost of
+    0 -> t in exactly k steps, and :func:`dp_argmin` finds the smallest s attaining it.
+    Rows go in blocks of ``block``: 1. onto the block's own targets, 2. onto every later
+    target. One core; see :func:`dp_relax_rows_parallel`.
     """
     n = L.shape[0]
     for s0 in range(s_lo, s_hi, block):
         s1 = min(s0 + block, s_hi)
-        _push_inside(L, C, bp, s0, s1)  # 1. C[:, s] becomes final in ascending s
-        for ta in range(s1, n, DP_COLUMNS):  # 2. every later target, a column block at a time
-            _push_columns(L, C, bp, s0, s1, ta, min(ta + DP_COLUMNS, n))
+        _push_own(L, C, bp, s0, s1)
+        _push_block(L, C, bp, s0, s1, s1, n)
+
+
+@numba.njit(cache=True)
+def _row_budgets(s0: int, s1: int, K: int) -> int:
+    """How many (row, budget) pairs rows [s0, s1) push onto one later target."""
+    w = 0
+    for s in range(s0, s1):
+        w += min(s + 1, K)
+    return w
+
+
+@numba.njit(cache=True)
+def _own_budgets(s0: int, s1: int, K: int) -> int:
+    """How many (row, budget, target) triples the block [s0, s1) pushes onto itself."""
+    w = 0
+    for s in range(s0, s1):
+        w += min(s + 1, K) * (s1 - 1 - s)
+    return w
 
 
 @numba.njit(cache=True, parallel=True)
 def dp_relax_rows_parallel(
-    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s_lo: int, s_hi: int, block: int
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s_lo: int, s_hi: int, block: int,
+    threads: int, own_done: bool,
 ) -> None:
-    """:func:`dp_relax_rows` with the column blocks of step 2 spread over numba's threads.
+    """:func:`dp_relax_rows` with step 2 split over numba's threads and step 1 of the next
+    block done beside it.
 
-    Each target column t still takes the rows s in ascending order, so C and bp equal the
-    one-core result bit for bit. Threads meet once per block of ``block`` rows (large, so
-    that a thread the OS pauses holds the other up rarely); inside a block, step 1 runs
-    on one thread in sub-blocks of ``DP_BLOCK`` rows.
+    ``threads``: pass ``numba.get_num_threads()`` (numba hands the ``threads`` shares out
+    statically, one per thread). ``own_done``: step 1 of the block at ``s_lo`` was done
+    by the call before (every call does it for the block after its last one); pass
+    ``s_lo > 0`` when the calls run in order.
+
+    For each block [s0, s1), the next block being [s1, e1): thread 0 pushes the block's
+    rows onto [s1, e1) first, then does step 1 of the next block (every row before s1
+    has reached those targets by then), then takes more targets; the other threads
+    split the rest of the targets in equal widths. Thread 0's share is smaller by the
+    next block's own work, counted ``OWN_WEIGHT`` times (its loops are short). Each
+    target column t still takes the rows s in ascending order, and a row pushed onto a
+    target a second time changes nothing (strict ``<``), so C and bp equal the one-core
+    result bit for bit, however the calls are cut. Threads meet once per block.
     """
     n = L.shape[0]
+    K = C.shape[0] - 1
+    if not own_done:
+        _push_own(L, C, bp, s_lo, min(s_lo + block, s_hi))
     for s0 in range(s_lo, s_hi, block):
         s1 = min(s0 + block, s_hi)
-        for b0 in range(s0, s1, DP_BLOCK):  # 1. the block's own targets, one thread
-            b1 = min(b0 + DP_BLOCK, s1)
-            _push_inside(L, C, bp, b0, b1)
-            if b1 < s1:
-                _push_columns(L, C, bp, b0, b1, b1, s1)
-        n_col_blocks = (n - s1 + DP_COLUMNS - 1) // DP_COLUMNS
-        for j in numba.prange(n_col_blocks):  # 2. every later target, all threads
-            ta = s1 + j * DP_COLUMNS
-            _push_columns(L, C, bp, s0, s1, ta, min(ta + DP_COLUMNS, n))
+        e1 = min(s1 + block, n - 1)
+        own = OWN_WEIGHT * _own_budgets(s1, e1, K) // max(_row_budgets(s0, s1, K), 1)
+        c0 = min(n, max(e1, s1 + (n - s1 + own) // threads - own))  # thread 0's end
+        for i in numba.prange(threads):
+            if i == 0:
+                _push_block(L, C, bp, s0, s1, s1, e1)
+                _push_own(L, C, bp, s1, e1)
+                _push_block(L, C, bp, s0, s1, e1, c0)
+            else:
+                _push_block(L, C, bp, s0, s1, c0 + (n - c0) * (i - 1) // (threads - 1),
+                            c0 + (n - c0) * i // (threads - 1))
 
 
 @numba.njit(cache=True)
@@ -314,12 +406,14 @@ def dp_best_ends(
 @numba.njit(cache=True)
 def dp_argmin(L: np.ndarray, C: np.ndarray, bp: np.ndarray, k: int, t: int) -> int:
     """The smallest s with C[k-1, s] + L[s, t] == C[k, t]: the step into (k, t) of the best
-    path, after the forward pass. bp[k, t] is the first row of the group of rows that set
-    C[k, t] last, so the search starts there and ends inside that group (at most
-    ``DP_GROUP`` rows): the sum is the same float64 addition as in the forward pass, so
-    the equality is exact, and every row before the group gave a larger sum."""
+    path, after the forward pass. The sum is the same float64 addition as in the forward
+    pass, so the equality is exact. With hints, bp[k, t] is the first row of the group of
+    rows that set C[k, t] last, so the search starts there and ends inside that group (at
+    most ``DP_GROUP`` rows): every row before the group gave a larger sum. Without (bp
+    [0, 0]) it reads every s from k - 1 (no k-1 steps reach a smaller s)."""
     c = C[k, t]
-    for s in range(np.int64(bp[k, t]), t):
+    start = np.int64(bp[k, t]) if bp.shape[0] > 0 else k - 1
+    for s in range(start, t):
         if C[k - 1, s] + L[s, t] == c:
             return s
     return -1  # not reached: C and bp came from the forward pass over this L
