@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from ddpm_tools.core import kernels
+from ddpm_tools.core import kernels, numba_setup
 from ddpm_tools.core.dp import solve_schedules_numpy
 from ddpm_tools.errors import BadInputError
 
@@ -192,11 +192,13 @@ def test_best_ends_and_backtrack():
     ends = np.empty(49, dtype=np.int64)
     costs = np.empty(49)
     kernels.dp_best_ends(C, prior, budgets, ends, costs)
+    offsets = np.concatenate([[0], np.cumsum(budgets + 1)[:-1]])
+    paths = np.full(int((budgets + 1).sum()), -1, dtype=np.int64)
+    kernels.dp_backtrack(L, C, hint, budgets, ends, offsets, paths)
     for j, K in enumerate(budgets):
         total = C[K] + prior
         assert ends[j] == np.argmin(total) and costs[j] == total.min()
-        tau = np.empty(K + 1, dtype=np.int64)
-        kernels.dp_backtrack(L, C, hint, ends[j], tau)
+        tau = paths[offsets[j] : offsets[j] + K + 1]
         assert tau[0] == 0 and tau[-1] == ends[j] and (np.diff(tau) > 0).all()
         assert all(tau[k - 1] == bp_ref[k, tau[k]] for k in range(1, K + 1))
         steps = L[tau[:-1], tau[1:]]
@@ -210,10 +212,10 @@ def test_numba_cache_dir_falls_back_to_user_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)  # restored after
-    monkeypatch.setattr(kernels.os, "access", lambda *a: True)
-    kernels._set_numba_cache_dir()  # package folder writable: numba's default stays
-    assert "NUMBA_CACHE_DIR" not in kernels.os.environ
-    monkeypatch.setattr(kernels.os, "access", lambda *a: False)
-    kernels._set_numba_cache_dir()
+    monkeypatch.setattr(numba_setup.os, "access", lambda *a: True)
+    numba_setup.set_numba_cache_dir()  # package folder writable: numba's default stays
+    assert "NUMBA_CACHE_DIR" not in numba_setup.os.environ
+    monkeypatch.setattr(numba_setup.os, "access", lambda *a: False)
+    numba_setup.set_numba_cache_dir()
     want = str(tmp_path / "ddpm-tools" / "numba")
-    assert kernels.os.environ["NUMBA_CACHE_DIR"] == want and numba.config.CACHE_DIR == want
+    assert numba_setup.os.environ["NUMBA_CACHE_DIR"] == want and numba.config.CACHE_DIR == want

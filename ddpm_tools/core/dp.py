@@ -118,10 +118,11 @@ def _bp_dtype(T: int) -> type[np.signedinteger]:
 
 def _want_hints(budgets: np.ndarray, T: int) -> bool:
     """Whether back-tracking these budgets needs the forward pass's hints. Without them a
-    step reads up to T rows (:func:`kernels.dp_argmin`), so the back-tracking costs about
-    T * sum(budgets) additions against the forward pass's max(budgets) * T^2 / 2; hints
-    cost the forward pass about a quarter more, so they pay when the budgets add up to
-    more than a few percent of max(budgets) * T (every budget at once: half of it)."""
+    step reads up to T rows (:func:`kernels.dp_argmin`), so the back-tracking costs up to
+    T * sum(budgets) additions against the forward pass's about max(budgets) * T^2 / 2.
+    Hints make the forward pass about a third slower, so they are kept only when the
+    budgets add up to more than max(budgets) * T / ``HINTS_FRACTION`` (one budget: only
+    for T < 32; every budget at once: always)."""
     return int(budgets.sum()) * HINTS_FRACTION > int(budgets.max()) * T
 
 
@@ -167,12 +168,16 @@ def _solve(
             f"no schedule with exactly {K} steps has finite cost in this table (its +inf "
             "entries rule every such path out); choose another budget"
         )
-    found = {}
-    for K, e, c in zip(uniq, ends, costs, strict=True):
-        if e >= 0:
-            tau = np.empty(K + 1, dtype=np.int64)
-            kernels.dp_backtrack(L, C, bp, int(e), tau)
-            found[int(K)] = DPSolution(int(K), tau, float(c))
+    ok = ends >= 0
+    ks, ends, costs = uniq[ok], ends[ok], costs[ok]
+    offsets = np.zeros(ks.size, dtype=np.int64)
+    np.cumsum(ks[:-1] + 1, out=offsets[1:])
+    paths = np.empty(int((ks + 1).sum()), dtype=np.int64)  # every schedule, end to end
+    kernels.dp_backtrack(L, C, bp, ks, ends, offsets, paths)
+    found = {
+        int(K): DPSolution(int(K), paths[o : o + K + 1], float(c))
+        for K, o, c in zip(ks, offsets, costs, strict=True)
+    }
     return [found[int(K)] for K in budgets if int(K) in found]
 
 
@@ -189,10 +194,11 @@ def solve_schedules(
     start). Returns one DPSolution per entry of ``budgets``, in the order given.
     Ties: the smallest s at every step, then the smallest start t.
     Time O(T^2 * K), spread over numba's threads (``NUMBA_NUM_THREADS``); memory one
-    [K+1, T+1] float64 state plus int16 back-pointer hints (1.25x the size of L when
-    solving every budget at once, and the solutions themselves: T^2/2 int64 timesteps,
-    0.5x L, for every budget); back-tracking reads L, C and the hints
-    (``kernels.dp_argmin``).
+    [K+1, T+1] float64 state, plus int16 back-pointer hints when many budgets are asked
+    for (1.25x the size of L when solving every budget at once, and the solutions
+    themselves: T^2/2 int64 timesteps, 0.5x L, for every budget; the solutions' timesteps
+    are views of one array); back-tracking reads L, C and the hints
+    (``kernels.dp_argmin``, ``kernels.dp_backtrack``).
     """
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = _check_budgets(budgets, k_max, "the cost table")

@@ -7,90 +7,42 @@ Diffusion Probabilistic Models", Sec. 3) over a cost table ``L: [T+1, T+1]``:
 
 the least cost of reaching time t from 0 in exactly k steps. Layout and loop order:
 
-* the state ``C: [K+1, T+1]`` float64 is k-major, so for a fixed (k, s) the update over a
-  block of targets t is one contiguous vector loop
-  (``C[k, t] <- min(C[k, t], C[k-1, s] + L[s, t])``, L read along its row s);
+* ``C: [K+1, T+1]`` float64 is k-major: for a fixed (k, s) the update over a block of
+  targets t is one contiguous vector loop, L read along its row s;
 * rows s are pushed in ascending order, so ``C[:, s]`` is final when row s is read; with
-  strict ``<`` the smallest s wins every tie;
-* rows are taken in blocks of ``block`` sources; targets in blocks of ``DP_COLUMNS``
-  columns; for each (column block, k) the block's rows run back to back, so the slice
-  ``C[k, t-block]`` stays in L1 and L[s, t-block] is reused from cache;
-* only ``k <= s + 1`` can be finite in ``C[k-1, s] + L[s, t]``, so fewer k for small s;
-* rows go through a pass over t in groups of ``DP_GROUP`` = 8: the group's minimum over
-  its rows (a tree of ``min``, exact in any order since no NaN gets here) is compared
-  once with C[k, t]. Where it is smaller (strict ``<``, so the earliest group wins
-  ties), C[k, t] takes it and the hint ``bp[k, t]`` takes the group's first row;
-  :func:`dp_argmin` finds the smallest s inside that group when back-tracking. bp is in
-  the smallest integer type that holds every s (int16 up to T = 32768);
-* the hint is written as ``h + (s - h) * better``, not ``s if better else h``: numba's
-  select becomes a conditional store, which AVX2 cannot vectorize (LLVM made it one branch
-  per lane); the arithmetic form is a vector blend. The innermost
-  loop is branch-free: 8 adds, 8 mins, one compare and one blend per 4 targets;
-* the column blocks of one row block are independent: ``dp_relax_rows_parallel`` spreads
-  them over numba's threads (``NUMBA_NUM_THREADS``), one meeting per row block. Every
-  (k, t) still sees the rows s in ascending order, so both kernels give the same bits.
+  strict ``<`` the smallest s wins every tie; only ``k <= s + 1`` can be finite;
+* rows go in blocks of ``DP_BLOCK``, first onto the block's own targets
+  (:func:`_push_own`), then onto every later one (:func:`_push_block`) in column blocks
+  of ``DP_COLUMNS``, budgets in chunks of ``DP_K_CHUNK`` (C[chunk, columns] stays in L2
+  even with every budget) and rows ``DP_SUB`` at a time (L[rows, columns] stays in L1);
+* rows go through a pass over t eight at a time (``DP_GROUP``): their minimum, a tree
+  of ``min`` (exact in any order: no NaN gets here), is taken with C[k, t];
+* back-pointers: with few budgets none are kept, and :func:`dp_argmin` reads every s of
+  a step again (K steps of at most T rows). With many budgets (every budget: T^2 / 2
+  steps) bp[k, t] keeps a hint, the first row of the group whose minimum was smaller
+  than C[k, t] (strict ``<``), and :func:`dp_argmin` reads only that group's rows. bp
+  is the smallest integer type that holds every s (int16 up to T = 32768);
+* LLVM and numba's selects: ``bp <- s if better else bp`` became one branch per lane on
+  AVX2, so the hint is written ``h + (s - h) * better`` (a vector blend); and
+  ``C <- min(m, C)`` became a masked store, so without hints C is taken into the tree
+  before its last ``min``. The innermost loops are branch-free: per 4 targets 8 adds
+  and 8 mins, and with hints one compare and one blend;
+* ``dp_relax_rows_parallel`` cuts a block's later targets into one share per thread
+  (numba's threads, ``NUMBA_NUM_THREADS``), one meeting per block; thread 0 also does the
+  next block's own targets. Every (k, t) still takes the rows in ascending order, so
+  both kernels give the same bits.
 
 Threads come from numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
-otherwise (see below). Compiled with ``cache=True`` (first call compiles, later processes
-load from disk; the parallel kernel too) and without fastmath: the code adds +inf (a
-step that cannot be taken) on purpose.
+otherwise (:mod:`ddpm_tools.core.numba_setup`). Compiled with ``cache=True`` (first call
+compiles, later processes load from disk; the parallel kernel too) and without fastmath:
+the code adds +inf (a step that cannot be taken) on purpose.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (numba_setup comes before numba)
 
-import os
-import sys
-import tempfile
-from pathlib import Path
-
-
-def _private_folder(folder: Path) -> bool:
-    """``folder`` exists, belongs to this user and no one else may write in it (group and
-    others have no write permission)."""
-    try:
-        st = folder.stat()
-    except OSError:
-        return False
-    owner_ok = not hasattr(os, "getuid") or st.st_uid == os.getuid()
-    return owner_ok and not st.st_mode & 0o022
-
-
-def _set_numba_cache_dir() -> None:
-    """Where numba keeps its disk cache. The cache holds pickles that numba loads, so
-    only this user may be able to write there: ``NUMBA_CACHE_DIR`` when the user set it;
-    else numba's default, ``__pycache__`` in the package folder, when that folder is this
-    user's alone; else the per-user folder ``$XDG_CACHE_HOME`` (or ``~/.cache``)
-    ``/ddpm-tools/numba``, created with mode 0700 (and set to 0700 if it exists); failing
-    that, a fresh temporary folder of mode 0700."""
-    package = Path(__file__).parent
-    if os.environ.get("NUMBA_CACHE_DIR") or (os.access(package, os.W_OK)
-                                             and _private_folder(package)):
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    folder = Path(base) / "ddpm-tools" / "numba"
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if hasattr(os, "getuid") and folder.stat().st_uid == os.getuid():
-            folder.chmod(0o700)
-    except OSError:
-        pass
-    if not _private_folder(folder):  # not ours alone: a fresh 0700 folder for this process
-        folder = Path(tempfile.mkdtemp(prefix="ddpm-tools-numba-"))
-    os.environ["NUMBA_CACHE_DIR"] = str(folder)
-    if "numba" in sys.modules:  # imported earlier by someone else: set the live config too
-        sys.modules["numba"].config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-
-
-_set_numba_cache_dir()
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-
-if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
-    # numba's own pool sleeps while it waits; OpenMP's spins, and on a machine where
-    # other processes keep the cores busy a spinning thread takes the time the thread
-    # it waits for needs (the threaded DP then ran 2-4x slower than on one thread)
-    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+from ddpm_tools.core import numba_setup  # noqa: F401  (numba's disk cache and threads)
+import numba
+import numpy as np
 
 DP_GROUP = 8  # rows per pass over t in _push_columns (the unrolled code below)
 DP_SUB = 16  # rows pushed together onto a column block (that piece of L stays in L1)
@@ -179,28 +131,26 @@ def _push_inside(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int)
     """Push rows s in [s0, s1) onto the targets t < s1 of the same block, s ascending."""
     K = C.shape[0] - 1
     hints = bp.shape[0] > 0
-    inf = np.inf
     for s in range(s0, s1):
-        sv = bp.dtype.type(s)
-        Ls = L[s]
         for k in range(1, min(s + 1, K) + 1):
             c = C[k - 1, s]
-            if c == inf:
-                continue
-            Ck = C[k]
+            if c != np.inf:
+                _push_row(L[s, s + 1 : s1], c, C[k, s + 1 : s1], bp[k, s + 1 : s1] if hints
+                          else bp[0:0, 0], s, hints)
+
+
+@numba.njit(cache=True)
+def _push_row(
+    Ls: np.ndarray, c: float, Ck: np.ndarray, bk: np.ndarray, s: int, hints: bool
+) -> None:
+    """One row s onto a few targets: Ck <- min(Ck, c + Ls), bk <- s where it is smaller
+    (short loops: the rows left over by the groups of eight, and a block's first pushes)."""
+    for j in range(Ls.shape[0]):
+        x = c + Ls[j]
+        if x < Ck[j]:
+            Ck[j] = x
             if hints:
-                bk = bp[k]
-                for t in range(s + 1, s1):
-                    x = c + Ls[t]
-                    cur = Ck[t]
-                    h = bk[t]
-                    bk[t] = h + (sv - h) * (x < cur)
-                    Ck[t] = x if x < cur else cur
-            else:
-                for t in range(s + 1, s1):
-                    x = c + Ls[t]
-                    cur = Ck[t]
-                    Ck[t] = x if x < cur else cur
+                bk[j] = s
 
 
 @numba.njit(cache=True)
@@ -249,23 +199,9 @@ def _push_columns(
                     Ck[j] = _min(_min(a, Ck[j]), b)
             s += 8
         while s < s1:  # the last rows of the block, one at a time
-            c0 = C[k - 1, s]
-            if c0 != np.inf:
-                L0 = L[s, ta:tb]
-                if hints:
-                    bk = bp[k, ta:tb]
-                    v = bp.dtype.type(s)
-                    for j in range(w):
-                        x = c0 + L0[j]
-                        cur = Ck[j]
-                        h = bk[j]
-                        bk[j] = h + (v - h) * (x < cur)
-                        Ck[j] = x if x < cur else cur
-                else:
-                    for j in range(w):
-                        x = c0 + L0[j]
-                        cur = Ck[j]
-                        Ck[j] = x if x < cur else cur
+            if C[k - 1, s] != np.inf:
+                _push_row(L[s, ta:tb], C[k - 1, s], Ck, bp[k, ta:tb] if hints else bp[0:0, 0],
+                          s, hints)
             s += 1
 
 
@@ -322,21 +258,16 @@ def dp_relax_rows(
 
 
 @numba.njit(cache=True)
-def _row_budgets(s0: int, s1: int, K: int) -> int:
-    """How many (row, budget) pairs rows [s0, s1) push onto one later target."""
-    w = 0
+def _own_columns(s0: int, s1: int, e1: int, K: int) -> int:
+    """The work of the block [s1, e1) on its own targets, in targets of the block [s0,
+    s1) (the (row, budget) pairs one target takes), ``OWN_WEIGHT`` times over."""
+    per_target = 0
     for s in range(s0, s1):
-        w += min(s + 1, K)
-    return w
-
-
-@numba.njit(cache=True)
-def _own_budgets(s0: int, s1: int, K: int) -> int:
-    """How many (row, budget, target) triples the block [s0, s1) pushes onto itself."""
-    w = 0
-    for s in range(s0, s1):
-        w += min(s + 1, K) * (s1 - 1 - s)
-    return w
+        per_target += min(s + 1, K)
+    own = 0
+    for s in range(s1, e1):
+        own += min(s + 1, K) * (e1 - 1 - s)
+    return OWN_WEIGHT * own // max(per_target, 1)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -368,7 +299,7 @@ def dp_relax_rows_parallel(
     for s0 in range(s_lo, s_hi, block):
         s1 = min(s0 + block, s_hi)
         e1 = min(s1 + block, n - 1)
-        own = OWN_WEIGHT * _own_budgets(s1, e1, K) // max(_row_budgets(s0, s1, K), 1)
+        own = _own_columns(s0, s1, e1, K)
         c0 = min(n, max(e1, s1 + (n - s1 + own) // threads - own))  # thread 0's end
         for i in numba.prange(threads):
             if i == 0:
@@ -419,15 +350,26 @@ def dp_argmin(L: np.ndarray, C: np.ndarray, bp: np.ndarray, k: int, t: int) -> i
     return -1  # not reached: C and bp came from the forward pass over this L
 
 
-@numba.njit(cache=True)
-def dp_backtrack(L: np.ndarray, C: np.ndarray, bp: np.ndarray, end: int, tau: np.ndarray) -> None:
-    """Follow the best steps back from (K, end) to 0, K = tau.size - 1.
+@numba.njit(cache=True, parallel=True)
+def dp_backtrack(
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, budgets: np.ndarray, ends: np.ndarray,
+    offsets: np.ndarray, out: np.ndarray,
+) -> None:
+    """Follow the best steps back to 0 for many budgets at once, spread over the threads.
 
-    L, C, bp: as left by the forward pass; tau: [K+1] int64 output,
-    0 = tau_0 < ... < tau_K = end, each step the smallest s of :func:`dp_argmin`.
+    L, C, bp: as left by the forward pass. budgets, ends, offsets: [m] int64: budget K_j
+    and its start t (>= 0) from :func:`dp_best_ends`; ``out[offsets[j] : offsets[j] + K_j
+    + 1]`` gets 0 = tau_0 < ... < tau_K = ends[j], each step the smallest s of
+    :func:`dp_argmin`. numba hands each thread a contiguous range of the loop below; the
+    loop takes the budgets in the order first, last, second, second to last, ..., so
+    that every range holds short and long paths alike.
     """
-    t = end
-    for k in range(tau.shape[0] - 1, 0, -1):
-        tau[k] = t
-        t = dp_argmin(L, C, bp, k, t)
-    tau[0] = t
+    m = budgets.shape[0]
+    for i in numba.prange(m):
+        j = i // 2 if i % 2 == 0 else m - 1 - i // 2
+        t = ends[j]
+        o = offsets[j]
+        out[o + budgets[j]] = t
+        for k in range(budgets[j], 0, -1):
+            t = dp_argmin(L, C, bp, k, t)
+            out[o + k - 1] = t
