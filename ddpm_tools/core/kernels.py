@@ -130,27 +130,27 @@ def _min(a: float, b: float) -> float:
 def _push_inside(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int) -> None:
     """Push rows s in [s0, s1) onto the targets t < s1 of the same block, s ascending."""
     K = C.shape[0] - 1
-    hints = bp.shape[0] > 0
     for s in range(s0, s1):
         for k in range(1, min(s + 1, K) + 1):
-            c = C[k - 1, s]
-            if c != np.inf:
-                _push_row(L[s, s + 1 : s1], c, C[k, s + 1 : s1], bp[k, s + 1 : s1] if hints
-                          else bp[0:0, 0], s, hints)
+            _push_row(L, C, bp, s, k, s + 1, s1)
 
 
 @numba.njit(cache=True)
-def _push_row(
-    Ls: np.ndarray, c: float, Ck: np.ndarray, bk: np.ndarray, s: int, hints: bool
-) -> None:
-    """One row s onto a few targets: Ck <- min(Ck, c + Ls), bk <- s where it is smaller
-    (short loops: the rows left over by the groups of eight, and a block's first pushes)."""
-    for j in range(Ls.shape[0]):
-        x = c + Ls[j]
-        if x < Ck[j]:
-            Ck[j] = x
+def _push_row(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s: int, k: int, ta: int,
+              tb: int) -> None:
+    """Row s onto the targets [ta, tb) for budget k, one target at a time: C[k, t] <-
+    C[k-1, s] + L[s, t] where smaller, and the hint bp[k, t] <- s (short loops: a block's
+    first pushes and the rows left over by the groups of eight)."""
+    c = C[k - 1, s]
+    if c == np.inf:
+        return
+    hints = bp.shape[0] > 0
+    for t in range(ta, tb):
+        x = c + L[s, t]
+        if x < C[k, t]:
+            C[k, t] = x
             if hints:
-                bk[j] = s
+                bp[k, t] = s
 
 
 @numba.njit(cache=True)
@@ -199,9 +199,7 @@ def _push_columns(
                     Ck[j] = _min(_min(a, Ck[j]), b)
             s += 8
         while s < s1:  # the last rows of the block, one at a time
-            if C[k - 1, s] != np.inf:
-                _push_row(L[s, ta:tb], C[k - 1, s], Ck, bp[k, ta:tb] if hints else bp[0:0, 0],
-                          s, hints)
+            _push_row(L, C, bp, s, k, ta, tb)
             s += 1
 
 
