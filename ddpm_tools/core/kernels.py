@@ -12,11 +12,14 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
 * rows s are pushed in ascending order, so ``C[:, s]`` is final when row s is read; with
   strict ``<`` the smallest s wins every tie; only ``k <= s + 1`` can be finite;
 * rows go in blocks of ``DP_BLOCK``, first onto the block's own targets
-  (:func:`_push_own`), then onto every later one (:func:`_push_block`) in column blocks
-  of ``DP_COLUMNS``, budgets in chunks of ``DP_K_CHUNK`` (C[chunk, columns] stays in L2
-  even with every budget) and rows ``DP_SUB`` at a time (L[rows, columns] stays in L1);
-* rows go through a pass over t eight at a time (``DP_GROUP``): their minimum, a tree
-  of ``min`` (exact in any order: no NaN gets here), is taken with C[k, t];
+  (:func:`_push_own`, ``DP_SUB`` rows at a time), then onto every later one
+  (:func:`_push_block`) in column blocks of ``DP_COLUMNS``, budgets in chunks of
+  ``DP_K_CHUNK`` (C[chunk, columns] stays in L2 even with every budget);
+* rows go eight at a time (``DP_GROUP``; L[rows, columns] stays in L1 while every budget
+  passes over it), through one pass over t per budget: their minimum, a tree of ``min``
+  (exact in any order: no NaN gets here), is taken with C[k, t]. Meanwhile the next
+  eight rows are prefetched (:func:`ddpm_tools.core.numba_setup.prefetch`): each row's
+  piece is a short run on its own page, which the hardware prefetcher would not fetch;
 * back-pointers: with few budgets none are kept, and :func:`dp_argmin` reads every s of
   a step again (K steps of at most T rows). With many budgets (every budget: T^2 / 2
   steps) bp[k, t] keeps a hint, the first row of the group whose minimum was smaller
@@ -45,7 +48,7 @@ import numba
 import numpy as np
 
 DP_GROUP = 8  # rows per pass over t in _push_columns (the unrolled code below)
-DP_SUB = 16  # rows pushed together onto a column block (that piece of L stays in L1)
+DP_SUB = 16  # rows per piece of a block's own part (each piece onto itself, then on)
 DP_COLUMNS = 256  # target columns t per column block
 DP_K_CHUNK = 128  # budgets k per pass over a block's rows (that piece of C stays in L2)
 DP_BLOCK = 256  # rows per block: the block's own targets first, then every later one
@@ -127,59 +130,70 @@ def _min(a: float, b: float) -> float:
 
 
 @numba.njit(cache=True)
-def _push_inside(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int) -> None:
-    """Push rows s in [s0, s1) onto the targets t < s1 of the same block, s ascending."""
-    K = C.shape[0] - 1
-    for s in range(s0, s1):
-        for k in range(1, min(s + 1, K) + 1):
-            _push_row(L, C, bp, s, k, s + 1, s1)
-
-
-@numba.njit(cache=True)
-def _push_row(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s: int, k: int, ta: int,
-              tb: int) -> None:
-    """Row s onto the targets [ta, tb) for budget k, one target at a time: C[k, t] <-
-    C[k-1, s] + L[s, t] where smaller, and the hint bp[k, t] <- s (short loops: a block's
-    first pushes and the rows left over by the groups of eight)."""
-    c = C[k - 1, s]
-    if c == np.inf:
-        return
+def _push_rows(
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int, ta: int, tb: int,
+    k0: int, k1: int,
+) -> None:
+    """Push rows s in [s0, s1) onto the targets t in [max(ta, s + 1), tb) for the budgets
+    k in [k0, k1), one target at a time (short loops: a block's own rows onto each other,
+    ``ta = s0, tb = s1``, and rows left over by the groups of eight). Loop k, s, t: every
+    C[k-1, s] is final when row s is read (budget k-1 is done, or ta >= s1) and every
+    (k, t) takes the rows in ascending s. Branch-free: which sum wins is data."""
     hints = bp.shape[0] > 0
-    for t in range(ta, tb):
-        x = c + L[s, t]
-        if x < C[k, t]:
-            C[k, t] = x
+    for k in range(k0, min(s1 + 1, k1)):
+        for s in range(max(s0, k - 1), s1):
+            c = C[k - 1, s]
             if hints:
-                bp[k, t] = s
+                v = bp.dtype.type(s)
+                for t in range(max(ta, s + 1), tb):
+                    x = c + L[s, t]
+                    cur = C[k, t]
+                    h = bp[k, t]
+                    bp[k, t] = h + (v - h) * (x < cur)
+                    C[k, t] = x if x < cur else cur
+            else:
+                for t in range(max(ta, s + 1), tb):
+                    C[k, t] = _min(c + L[s, t], C[k, t])
 
 
 @numba.njit(cache=True)
 def _push_columns(
     L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int, ta: int, tb: int,
-    k0: int, k1: int,
+    k0: int, k1: int, cb: int,
 ) -> None:
     """Push the final rows s in [s0, s1) onto the targets t in [ta, tb), ta >= s1, for the
-    budgets k in [k0, k1).
+    budgets k in [k0, k1); the next column block is [tb, min(tb + tb - ta, cb)).
 
-    Loop order k, s, t: the slice C[k, ta:tb] stays in L1 while the block's rows update
-    it in ascending s. Rows go eight at a time through one pass over t: their minimum is
+    Rows go eight at a time; for each group, loop k, then t: the group's eight rows of L
+    stay in L1 while every budget passes over them. Per (k, t) the eight sums' minimum is
     a tree of ``min`` (the same value in any order: no NaN reaches here), taken with
-    C[k, t]. With hints (``bp`` has rows), the group's minimum is compared once with
-    C[k, t]; where it is smaller (strict ``<``), C takes it and bp takes the group's first
-    row; :func:`dp_argmin` later finds the row inside the group. The innermost loops are
-    branch-free and vectorize; bp is written once per eight rows.
+    C[k, t]. Rows with C[k-1, s] = +inf add nothing. With hints (``bp`` has rows), the
+    group's minimum is compared once with C[k, t]; where it is smaller (strict ``<``), C
+    takes it and bp takes the group's first row; :func:`dp_argmin` later finds the row
+    inside the group. The innermost loops are branch-free and vectorize; bp is written
+    once per eight rows. Between two budgets, a share of the next group's rows of L is
+    prefetched (the next eight rows, else the first ones on the next column block).
     """
     hints = bp.shape[0] > 0
     w = tb - ta
-    for k in range(k0, min(s1 + 1, k1)):
-        Ck = C[k, ta:tb]
-        s = max(s0, k - 1)  # C[k-1, s] = +inf for s < k-1
-        while s + 8 <= s1:
-            c = C[k - 1, s:s + 8]
-            c0, c1, c2, c3, c4, c5, c6, c7 = c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
-            L0, L1, L2, L3 = L[s, ta:tb], L[s + 1, ta:tb], L[s + 2, ta:tb], L[s + 3, ta:tb]
-            L4, L5, L6, L7 = (L[s + 4, ta:tb], L[s + 5, ta:tb], L[s + 6, ta:tb],
-                              L[s + 7, ta:tb])
+    k_end = min(s1 + 1, k1)  # row s reaches k <= s + 1 only
+    s = s0
+    while s + 8 <= s1:
+        L0, L1, L2, L3 = L[s, ta:tb], L[s + 1, ta:tb], L[s + 2, ta:tb], L[s + 3, ta:tb]
+        L4, L5, L6, L7 = L[s + 4, ta:tb], L[s + 5, ta:tb], L[s + 6, ta:tb], L[s + 7, ta:tb]
+        pr, pa, pb = (s + 8, ta, tb) if s + 16 <= s1 else (s0, tb, min(tb + w, cb))
+        lines = max(pb - pa + 7, 0) // 8  # cache lines per row of the next group
+        ks = min(s + 9, k_end)
+        per = (8 * lines + max(ks - k0, 1) - 1) // max(ks - k0, 1)
+        q = 0  # the next group's cache lines, row by row, ``per`` of them per budget
+        for k in range(k0, ks):
+            qe = min(q + per, 8 * lines)
+            while q < qe:
+                numba_setup.prefetch(L, pr + q // lines, pa + q % lines * 8)
+                q += 1
+            c0, c1, c2, c3 = C[k - 1, s], C[k - 1, s + 1], C[k - 1, s + 2], C[k - 1, s + 3]
+            c4, c5, c6, c7 = C[k - 1, s + 4], C[k - 1, s + 5], C[k - 1, s + 6], C[k - 1, s + 7]
+            Ck = C[k, ta:tb]
             if hints:
                 bk = bp[k, ta:tb]
                 v = bp.dtype.type(s)
@@ -197,10 +211,8 @@ def _push_columns(
                     b = _min(_min(c4 + L4[j], c5 + L5[j]), _min(c6 + L6[j], c7 + L7[j]))
                     # C[k, t] inside the tree, not last: see the module
                     Ck[j] = _min(_min(a, Ck[j]), b)
-            s += 8
-        while s < s1:  # the last rows of the block, one at a time
-            _push_row(L, C, bp, s, k, ta, tb)
-            s += 1
+        s += 8
+    _push_rows(L, C, bp, s, s1, ta, tb, k0, k1)  # the rows left over, if any
 
 
 @numba.njit(cache=True)
@@ -210,28 +222,32 @@ def _push_block(
     """Push the final rows s in [s0, s1) onto the targets t in [ca, cb), ca >= s1.
 
     Column blocks of ``DP_COLUMNS``; in each, budgets in chunks of ``DP_K_CHUNK`` (so
-    C[k-chunk, column block] stays in L2 even when every budget is solved); in each
-    chunk, the rows ``DP_SUB`` at a time (so L[rows, column block] stays in L1), in
-    ascending order.
+    C[k-chunk, column block] stays in L2 even when every budget is solved).
     """
     kmax = min(s1, C.shape[0] - 1)
     for ta in range(ca, cb, DP_COLUMNS):
         tb = min(ta + DP_COLUMNS, cb)
         for k0 in range(1, kmax + 1, DP_K_CHUNK):
             k1 = min(k0 + DP_K_CHUNK, kmax + 1)
-            for r0 in range(s0, s1, DP_SUB):
-                _push_columns(L, C, bp, r0, min(r0 + DP_SUB, s1), ta, tb, k0, k1)
+            _push_columns(L, C, bp, s0, s1, ta, tb, k0, k1, cb)
 
 
 @numba.njit(cache=True)
 def _push_own(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int) -> None:
     """Push the rows s in [s0, s1) onto the targets t < s1 of the same block, ascending
-    in s, so that every C[:, s] is final when row s is read: ``DP_SUB`` rows at a time,
-    each piece first onto itself, then onto the rest of the block."""
-    for b0 in range(s0, s1, DP_SUB):
-        b1 = min(b0 + DP_SUB, s1)
-        _push_inside(L, C, bp, b0, b1)
-        _push_block(L, C, bp, b0, b1, b1, s1)
+    in s, so that every C[:, s] is final when row s is read. Budgets in chunks of
+    ``DP_K_CHUNK`` (C[chunk, block] stays in L2); in each, ``DP_SUB`` rows at a time,
+    each piece first onto itself, then onto the rest of the block. Chunk by chunk is
+    enough: budget k reads C[k-1, s] only, finished by the chunk before or earlier in
+    this one."""
+    kmax = min(s1, C.shape[0] - 1)
+    for k0 in range(1, kmax + 1, DP_K_CHUNK):
+        k1 = min(k0 + DP_K_CHUNK, kmax + 1)
+        for b0 in range(s0, s1, DP_SUB):
+            b1 = min(b0 + DP_SUB, s1)
+            _push_rows(L, C, bp, b0, b1, b0, b1, k0, k1)
+            for ta in range(b1, s1, DP_COLUMNS):
+                _push_columns(L, C, bp, b0, b1, ta, min(ta + DP_COLUMNS, s1), k0, k1, s1)
 
 
 @numba.njit(cache=True)

@@ -1,5 +1,6 @@
 """Where numba keeps its disk cache, and which threads it uses: set before numba is
-imported anywhere in ddpm-tools (``core.kernels`` imports this module first)."""
+imported anywhere in ddpm-tools (``core.kernels`` imports this module first). Also the
+one LLVM intrinsic the kernels add, a cache prefetch (:func:`prefetch`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def private_folder(folder: Path) -> bool:
@@ -49,9 +51,44 @@ def set_numba_cache_dir() -> None:
 set_numba_cache_dir()
 
 import numba  # noqa: E402
+from llvmlite import binding as llvm  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba.core import cgutils, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     # numba's own pool sleeps while it waits; OpenMP's spins, and on a machine where
     # other processes keep the cores busy a spinning thread takes the time the thread
     # it waits for needs (the threaded DP then ran 2-4x slower than on one thread)
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+
+
+# LLVM's prefetch intrinsic: pointers are typed (p0i8) up to LLVM 14, opaque (p0) after
+_PREFETCH = "llvm.prefetch.p0" + ("" if llvm.llvm_version_info[0] >= 15 else "i8")
+
+
+def _prefetch(typingctx: Any, a: Any, i: Any, j: Any) -> Any:
+    """``prefetch(a, i, j)`` in compiled code: ask the CPU to bring the cache line of
+    ``a[i, j]`` (a 2-D array) into L1, and go on at once (a hint: no value, no fault, even
+    out of bounds). The DP kernel asks for the next rows of L while it computes on the
+    current ones: rows that start on a new page come from memory at full speed only when
+    asked for early, since the hardware prefetcher stops at page boundaries."""
+    sig = types.void(a, i, j)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], arr,
+                                       [args[1], args[2]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
+        # read (0), keep in every cache level (3), data (1)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+prefetch: Any = intrinsic(_prefetch)
