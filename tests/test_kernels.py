@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from ddpm_tools.core import kernels, numba_setup
+from ddpm_tools.core import backtrack, kernels, numba_setup
 from ddpm_tools.core.dp import solve_schedules_numpy
 from ddpm_tools.errors import BadInputError
 
@@ -180,21 +180,25 @@ def test_scan_table_reach_and_first_bad_entry(n, inf_frac):
     assert kernels.scan_table(L, reach) == min(bad)  # the first in row-major order
 
 
-def test_best_ends_and_backtrack():
+@pytest.mark.parametrize("hints", [True, False])
+@pytest.mark.parametrize("every", [1, 7])  # 49 budgets (batches and a part), or 7
+def test_best_ends_and_backtrack(hints, every):
+    """Every path the batched back-tracking finds against the reference back-pointers,
+    with the forward pass's hints and without."""
     L = random_table(6, n=50, levels=3)  # ties: the back-tracking takes the smallest s
     C_ref, bp_ref = reference_forward(L, 49)
-    hint = np.zeros((50, 50), dtype=np.int16)
+    hint = np.zeros((50, 50) if hints else (0, 0), dtype=np.int16)
     C = np.full((50, 50), np.inf)
     C[0, 0] = 0.0
     kernels.dp_relax_rows(L, C, hint, 0, 49, kernels.DP_BLOCK)
     prior = np.random.default_rng(6).random(50) * 3
-    budgets = np.arange(1, 50, dtype=np.int64)
-    ends = np.empty(49, dtype=np.int64)
-    costs = np.empty(49)
+    budgets = np.arange(1, 50, every, dtype=np.int64)
+    ends = np.empty(budgets.size, dtype=np.int64)
+    costs = np.empty(budgets.size)
     kernels.dp_best_ends(C, prior, budgets, ends, costs)
     offsets = np.concatenate([[0], np.cumsum(budgets + 1)[:-1]])
     paths = np.full(int((budgets + 1).sum()), -1, dtype=np.int64)
-    kernels.dp_backtrack(L, C, hint, budgets, ends, offsets, paths)
+    backtrack.dp_backtrack(L, C, hint, budgets, ends, offsets, paths)
     for j, K in enumerate(budgets):
         total = C[K] + prior
         assert ends[j] == np.argmin(total) and costs[j] == total.min()

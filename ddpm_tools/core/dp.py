@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ddpm_tools.core import kernels
+from ddpm_tools.core import backtrack, kernels
 from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn, report
@@ -173,7 +173,7 @@ def _solve(
     offsets = np.zeros(ks.size, dtype=np.int64)
     np.cumsum(ks[:-1] + 1, out=offsets[1:])
     paths = np.empty(int((ks + 1).sum()), dtype=np.int64)  # every schedule, end to end
-    kernels.dp_backtrack(L, C, bp, ks, ends, offsets, paths)
+    backtrack.dp_backtrack(L, C, bp, ks, ends, offsets, paths)
     found = {
         int(K): DPSolution(int(K), paths[o : o + K + 1], float(c))
         for K, o, c in zip(ks, offsets, costs, strict=True)
@@ -198,7 +198,7 @@ def solve_schedules(
     for (1.25x the size of L when solving every budget at once, and the solutions
     themselves: T^2/2 int64 timesteps, 0.5x L, for every budget; the solutions' timesteps
     are views of one array); back-tracking reads L, C and the hints
-    (``kernels.dp_argmin``, ``kernels.dp_backtrack``).
+    (``kernels.dp_argmin``, ``backtrack.dp_backtrack``).
     """
     L, prior, k_max = _validated(L, prior, "the cost table")
     ks = _check_budgets(budgets, k_max, "the cost table")

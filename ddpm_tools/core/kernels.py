@@ -362,28 +362,3 @@ def dp_argmin(L: np.ndarray, C: np.ndarray, bp: np.ndarray, k: int, t: int) -> i
         if C[k - 1, s] + L[s, t] == c:
             return s
     return -1  # not reached: C and bp came from the forward pass over this L
-
-
-@numba.njit(cache=True, parallel=True)
-def dp_backtrack(
-    L: np.ndarray, C: np.ndarray, bp: np.ndarray, budgets: np.ndarray, ends: np.ndarray,
-    offsets: np.ndarray, out: np.ndarray,
-) -> None:
-    """Follow the best steps back to 0 for many budgets at once, spread over the threads.
-
-    L, C, bp: as left by the forward pass. budgets, ends, offsets: [m] int64: budget K_j
-    and its start t (>= 0) from :func:`dp_best_ends`; ``out[offsets[j] : offsets[j] + K_j
-    + 1]`` gets 0 = tau_0 < ... < tau_K = ends[j], each step the smallest s of
-    :func:`dp_argmin`. numba hands each thread a contiguous range of the loop below; the
-    loop takes the budgets in the order first, last, second, second to last, ..., so
-    that every range holds short and long paths alike.
-    """
-    m = budgets.shape[0]
-    for i in numba.prange(m):
-        j = i // 2 if i % 2 == 0 else m - 1 - i // 2
-        t = ends[j]
-        o = offsets[j]
-        out[o + budgets[j]] = t
-        for k in range(budgets[j], 0, -1):
-            t = dp_argmin(L, C, bp, k, t)
-            out[o + k - 1] = t

@@ -51,7 +51,6 @@ def set_numba_cache_dir() -> None:
 set_numba_cache_dir()
 
 import numba  # noqa: E402
-from llvmlite import binding as llvm  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba.core import cgutils, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
@@ -61,10 +60,6 @@ if "NUMBA_THREADING_LAYER" not in os.environ:  # the user's choice wins
     # other processes keep the cores busy a spinning thread takes the time the thread
     # it waits for needs (the threaded DP then ran 2-4x slower than on one thread)
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
-
-
-# LLVM's prefetch intrinsic: pointers are typed (p0i8) up to LLVM 14, opaque (p0) after
-_PREFETCH = "llvm.prefetch.p0" + ("" if llvm.llvm_version_info[0] >= 15 else "i8")
 
 
 def _prefetch(typingctx: Any, a: Any, i: Any, j: Any) -> Any:
@@ -77,12 +72,13 @@ def _prefetch(typingctx: Any, a: Any, i: Any, j: Any) -> Any:
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         arr = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], arr,
-                                       [args[1], args[2]])
+        idx = [context.cast(builder, v, t, types.intp)  # any integer type
+               for v, t in zip(args[1:], signature.args[1:], strict=True)]
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], arr, idx)
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), _PREFETCH)
+        fn = builder.module.declare_intrinsic(  # named the way numba names its own
+            "llvm.prefetch", [i8p], ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
         # read (0), keep in every cache level (3), data (1)
         builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
                           ir.Constant(i32, 1)])
