@@ -172,7 +172,9 @@ def _push_columns(
     takes it and bp takes the group's first row; :func:`dp_argmin` later finds the row
     inside the group. The innermost loops are branch-free and vectorize; bp is written
     once per eight rows. Between two budgets, a share of the next group's rows of L is
-    prefetched (the next eight rows, else the first ones on the next column block).
+    prefetched (the next eight rows, else the first ones on the next column block), and
+    in the first group, C[k + 2, ta:tb] and bp[k + 2, ta:tb]: with every budget, C and
+    bp are far larger than the caches and come from memory once per block.
     """
     hints = bp.shape[0] > 0
     w = tb - ta
@@ -191,6 +193,11 @@ def _push_columns(
             while q < qe:
                 numba_setup.prefetch(L, pr + q // lines, pa + q % lines * 8)
                 q += 1
+            if s == s0 and k + 2 < k_end:  # the first group reads C (and bp) from memory
+                for q in range(ta, tb, 8):
+                    numba_setup.prefetch(C, k + 2, q)
+                for q in range(ta, tb if hints else ta, 32):
+                    numba_setup.prefetch(bp, k + 2, q)
             c0, c1, c2, c3 = C[k - 1, s], C[k - 1, s + 1], C[k - 1, s + 2], C[k - 1, s + 3]
             c4, c5, c6, c7 = C[k - 1, s + 4], C[k - 1, s + 5], C[k - 1, s + 6], C[k - 1, s + 7]
             Ck = C[k, ta:tb]
