@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -97,6 +98,20 @@ def median_time(fn: Callable[[], R], repeat: int,
     mid = len(times) // 2
     med = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
     return med, out  # type: ignore[return-value]
+
+
+def median_times(fns: Sequence[Callable[[], R]], repeat: int,
+                 clock: Callable[[], float] = time.perf_counter) -> list[tuple[float, R]]:
+    """:func:`median_time` for several functions, called in turn round by round, so that
+    each sees the machine in the same state (a core's speed here drifts within minutes)."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list[R | None] = [None] * len(fns)
+    for _ in range(max(1, repeat)):
+        for i, fn in enumerate(fns):
+            start = clock()
+            outs[i] = fn()
+            times[i].append(clock() - start)
+    return [(statistics.median(t), o) for t, o in zip(times, outs, strict=True)]  # type: ignore[misc]
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:

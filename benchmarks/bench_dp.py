@@ -16,8 +16,10 @@ Cases (issue 17, part 2; targets for a 2-core machine):
 The table is KL-like (cost grows with the jump, (t - s)^2 / (1 + t), plus noise). All
 DPs must return the same schedules; the script checks it. Times are wall-clock, the
 median of ``--repeat`` runs of ``solve_schedules`` (validation included, compile
-excluded). Other processes on the machine slow every DP, the threaded one most: the load
-average (``uptime``) before and after is recorded with the numbers.
+excluded); K = 32 on every thread and on one take turns, 3 x ``--repeat`` runs each, so
+that both see the machine in the same state. Other processes on the machine slow every
+DP, the threaded one most: the load average (``uptime``) before and after is recorded
+with the numbers.
 
     python benchmarks/bench_dp.py [--quick] [--repeat 5] [--json]
 """
@@ -40,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import median_time  # noqa: E402
+from _common import median_time, median_times  # noqa: E402
 
 from ddpm_tools.core.dp import (  # noqa: E402
     DPSolution,
@@ -181,8 +183,9 @@ def run(quick: bool, repeat: int) -> dict[str, Any]:
     one_thread(warm_up)()
 
     L, prior = kl_like_table(T_big)
-    fast, a = median_time(lambda: solve_schedules(L, prior, [32]), repeat)
-    one, c = median_time(one_thread(lambda: solve_schedules(L, prior, [32])), repeat)
+    (fast, a), (one, c) = median_times(  # in turn, run by run: the same machine for both
+        [lambda: solve_schedules(L, prior, [32]),
+         one_thread(lambda: solve_schedules(L, prior, [32]))], 3 * repeat)
     slow, b = median_time(lambda: solve_schedules_numpy(L, prior, [32]), 1)
     big = not quick
     cases.append(_case(f"T={T_big} K=32, {threads} threads", fast, slow, "numpy DP",
