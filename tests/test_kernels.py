@@ -104,6 +104,36 @@ def test_parallel_kernel_equals_serial_and_numpy(T_, K, inf_frac, levels, thread
         assert np.array_equal(bp1[reachable], bp_ref[reachable])
 
 
+def numpy_forward(L: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """C, bp for every (k, t) by one broadcast per k: C[k] = min_s C[k-1, s] + L[s, :] over
+    s < t, bp[k] its first argmin (the smallest s); 0 where C is +inf."""
+    n = L.shape[0]
+    Lm = np.where(np.triu(np.ones((n, n), dtype=bool), 1), L, np.inf)
+    C = np.full((K + 1, n), np.inf)
+    C[0, 0] = 0.0
+    bp = np.zeros((K + 1, n), dtype=np.int64)
+    for k in range(1, K + 1):
+        M = C[k - 1][:, None] + Lm
+        bp[k] = M.argmin(axis=0)
+        C[k] = M[bp[k], np.arange(n)]
+    bp[~np.isfinite(C)] = 0
+    return C, bp
+
+
+@pytest.mark.parametrize("block", [kernels.DP_BLOCK, 64])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_every_budget_beyond_one_budget_chunk(block, parallel):
+    """Every budget of a table with more budgets than ``DP_K_CHUNK``: the chunks of the
+    pushes onto later targets and of a block's own part, ties and +inf included."""
+    assert kernels.DP_K_CHUNK < T - 1
+    L = random_table(12, inf_frac=0.05, levels=3)
+    C_ref, bp_ref = numpy_forward(L, T)
+    for hints in (True, False):
+        C, bp = kernel_forward(L, T, block=block, parallel=parallel, hints=hints)
+        assert np.array_equal(C, C_ref)
+        assert np.array_equal(bp, bp_ref)
+
+
 @pytest.mark.parametrize("block,chunks", [(1, (None,)), (7, (5, 123)), (300, (299,))])
 @pytest.mark.parametrize("hints", [True, False])
 def test_forward_independent_of_blocking_and_chunks(block, chunks, hints):
