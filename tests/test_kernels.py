@@ -253,3 +253,24 @@ def test_numba_cache_dir_falls_back_to_user_folder(tmp_path, monkeypatch):
     numba_setup.set_numba_cache_dir()
     want = str(tmp_path / "ddpm-tools" / "numba")
     assert numba_setup.os.environ["NUMBA_CACHE_DIR"] == want and numba.config.CACHE_DIR == want
+
+
+@numba.njit
+def _sum_with_prefetch(a, far):
+    total = 0.0
+    for i in range(a.shape[0]):
+        numba_setup.prefetch(a, np.int16(i), i + far)  # any integer type; far: off the end
+        for j in range(a.shape[1]):
+            total += a[i, j]
+    return total
+
+
+def test_prefetch_is_a_hint_only():
+    """The prefetch intrinsic compiles for any integer index, changes nothing, and does not
+    fault on an address outside the array."""
+    a = np.random.default_rng(0).random((17, 9))
+    in_order = 0.0
+    for x in a.ravel():  # the same additions in the same order
+        in_order += float(x)
+    assert _sum_with_prefetch(a, 0) == in_order
+    assert _sum_with_prefetch(a, 10**9) == in_order
