@@ -52,7 +52,7 @@ DP_SUB = 16  # rows per piece of a block's own part (each piece onto itself, the
 DP_COLUMNS = 256  # target columns t per column block
 DP_K_CHUNK = 128  # budgets k per pass over a block's rows (that piece of C stays in L2)
 DP_BLOCK = 256  # rows per block: the block's own targets first, then every later one
-OWN_WEIGHT = 2  # a block's pushes onto itself take about twice as long per addition
+OWN_WEIGHT = 2  # thread 0's share counts the next block's own work this many times
 
 
 @numba.njit(cache=True, parallel=True)
@@ -186,7 +186,8 @@ def _push_columns(
         pr, pa, pb = (s + 8, ta, tb) if s + 16 <= s1 else (s0, tb, min(tb + w, cb))
         lines = max(pb - pa + 7, 0) // 8  # cache lines per row of the next group
         ks = min(s + 9, k_end)
-        per = (8 * lines + max(ks - k0, 1) - 1) // max(ks - k0, 1)
+        nk = max(ks - k0, 1)
+        per = (8 * lines + nk - 1) // nk
         q = 0  # the next group's cache lines, row by row, ``per`` of them per budget
         for k in range(k0, ks):
             qe = min(q + per, 8 * lines)
@@ -194,10 +195,10 @@ def _push_columns(
                 numba_setup.prefetch(L, pr + q // lines, pa + q % lines * 8)
                 q += 1
             if s == s0 and k + 2 < k_end:  # the first group reads C (and bp) from memory
-                for q in range(ta, tb, 8):
-                    numba_setup.prefetch(C, k + 2, q)
-                for q in range(ta, tb if hints else ta, 32):
-                    numba_setup.prefetch(bp, k + 2, q)
+                for t in range(ta, tb, 8):
+                    numba_setup.prefetch(C, k + 2, t)
+                for t in range(ta, tb if hints else ta, 32):
+                    numba_setup.prefetch(bp, k + 2, t)
             c0, c1, c2, c3 = C[k - 1, s], C[k - 1, s + 1], C[k - 1, s + 2], C[k - 1, s + 3]
             c4, c5, c6, c7 = C[k - 1, s + 4], C[k - 1, s + 5], C[k - 1, s + 6], C[k - 1, s + 7]
             Ck = C[k, ta:tb]
