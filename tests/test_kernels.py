@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from ddpm_tools.core import backtrack, kernels, numba_setup
+from ddpm_tools.core import backtrack, kernels, numba_setup, simd
 from ddpm_tools.core.dp import solve_schedules_numpy
 from ddpm_tools.errors import BadInputError
 
@@ -237,6 +237,36 @@ def test_best_ends_and_backtrack(hints, every):
         assert all(tau[k - 1] == bp_ref[k, tau[k]] for k in range(1, K + 1))
         steps = L[tau[:-1], tau[1:]]
         assert np.cumsum(steps)[-1] + prior[ends[j]] == costs[j]
+
+
+@numba.njit
+def _hint_pass_steps(L, C, bp, s, k, ta, steps):
+    simd.hint_pass(L, C, bp, s, k, ta, steps)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hint_pass_equals_the_scalar_loop(dtype, seed):
+    """The 16-target vector pass against the loop it replaces, element by element: ties
+    (whole-number costs), +inf in C and L, any start column, and nothing outside the
+    targets it was given is written."""
+    rng = np.random.default_rng(seed)
+    L = rng.integers(0, 6, (40, 120)).astype(np.float64)
+    L[rng.random(L.shape) < 0.1] = np.inf
+    C = rng.integers(0, 12, (5, 120)).astype(np.float64)
+    C[rng.random(C.shape) < 0.1] = np.inf
+    bp = rng.integers(0, 30, C.shape).astype(dtype)
+    s, k, ta, steps = int(rng.integers(0, 30)), int(rng.integers(1, 5)), int(rng.integers(0, 40)), 4
+    want_C, want_bp = C.copy(), bp.copy()
+    for t in range(ta, ta + simd.LANES * steps):
+        m = np.inf
+        for r in range(simd.ROWS):
+            x = C[k - 1, s + r] + L[s + r, t]
+            m = x if x < m else m
+        if m < want_C[k, t]:
+            want_C[k, t], want_bp[k, t] = m, s
+    _hint_pass_steps(L, C, bp, s, k, ta, steps)
+    assert np.array_equal(C, want_C) and np.array_equal(bp, want_bp)
 
 
 def test_numba_cache_dir_falls_back_to_user_folder(tmp_path, monkeypatch):
