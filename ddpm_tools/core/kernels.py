@@ -52,7 +52,7 @@ import numpy as np
 
 from ddpm_tools.core import simd
 
-DP_GROUP = 8  # rows per pass over t in _push_columns (the unrolled code below)
+DP_GROUP = simd.ROWS  # rows per pass over t in _push_columns (the unrolled code below)
 DP_SUB = 16  # rows per piece of a block's own part (each piece onto itself, then on)
 DP_COLUMNS = 256  # target columns t per column block
 DP_K_CHUNK = 128  # budgets k per pass over a block's rows (that piece of C stays in L2)

@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 
 LANES = 16  # targets per step of hint_pass
 PART = 4  # float64 lanes per part (one AVX2 register)
-ROWS = 8  # rows per group: kernels.DP_GROUP
+ROWS = 8  # rows per group (kernels.DP_GROUP is this)
 
 
 def _hint_pass(
@@ -45,13 +45,13 @@ def _hint_pass(
     sig = types.void(L, C, bp, s, k, ta, steps)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        tl, tc, tb = signature.args[:3]
+        tl, tc, th = signature.args[:3]
         la, ca, ba = (context.make_array(t)(context, builder, a)
-                      for t, a in zip((tl, tc, tb), args[:3], strict=True))
+                      for t, a in zip((tl, tc, th), args[:3], strict=True))
         s_, k_, ta_, n_ = (context.cast(builder, v, t, types.intp)
                            for v, t in zip(args[3:], signature.args[3:], strict=True))
         intp = context.get_value_type(types.intp)
-        hty = context.get_data_type(tb.dtype)
+        hty = context.get_data_type(th.dtype)
         part = ir.VectorType(ir.DoubleType(), PART)
         hints = ir.VectorType(hty, LANES)
 
@@ -98,7 +98,7 @@ def _hint_pass(
                 masks.append(builder.fcmp_ordered("<", new, cur))
                 builder.store(new, ptr, align=8)
             better = join(join(masks[0], masks[1]), join(masks[2], masks[3]))
-            ptr = at(tb, ba, k_, j0, hints)
+            ptr = at(th, ba, k_, j0, hints)
             builder.store(builder.select(better, v, builder.load(ptr, align=h_align)), ptr,
                           align=h_align)
         return context.get_dummy_value()
