@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ddpm_tools.core import dp
+from ddpm_tools.core import dp, kernels
 from ddpm_tools.core.dp import (
     check_table,
     path_cost,
@@ -197,3 +197,21 @@ def test_threads_do_not_change_the_schedules():
         numba.set_num_threads(before)
     for a, b in zip(one, many, strict=True):
         assert a.cost_nats == b.cost_nats and np.array_equal(a.timesteps, b.timesteps)
+
+
+def test_forward_state_rows_start_on_cache_lines():
+    """C and the hints of the forward pass start on a 64-byte boundary, their rows are
+    ``DP_ALIGN`` entries apart, and the padding past T+1 does not change the schedules
+    (they equal the numpy reference)."""
+    rng = np.random.default_rng(3)
+    L = rng.random((301, 301))
+    prior = np.full(301, np.inf)
+    prior[-1] = 0.0
+    C, bp = dp._forward(L, 300, True, None)
+    for a in (C, bp):
+        assert a.shape[1] % kernels.DP_ALIGN == 0 and a.shape[1] >= 301
+        assert a.ctypes.data % 64 == 0 and a.strides[0] % (kernels.DP_ALIGN * a.itemsize) == 0
+    got = dp.solve_all_budgets(L, prior)
+    want = dp.solve_schedules_numpy(L, prior, range(1, 301))
+    assert all(np.array_equal(g.timesteps, w.timesteps) and g.cost_nats == w.cost_nats
+               for g, w in zip(got, want, strict=True))

@@ -269,6 +269,50 @@ def test_hint_pass_equals_the_scalar_loop(dtype, seed):
     assert np.array_equal(C, want_C) and np.array_equal(bp, want_bp)
 
 
+@numba.njit
+def _triangle(L, C, bp, b, k0, k1, hints):
+    if hints:
+        simd.triangle_hints(L, C, bp, b, k0, k1)
+    else:
+        simd.triangle(L, C, bp, b, k0, k1)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("hints", [True, False])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_triangle_equals_the_scalar_loop(dtype, hints, seed):
+    """Sixteen rows onto their own targets for a range of budgets, against the scalar loop
+    it replaces (``kernels._push_rows``), element by element: ties (whole-number costs),
+    +inf in C and L, NaN below the diagonal (never a step), budgets that read what the
+    budget before wrote, any start row, and nothing outside the piece written."""
+    rng = np.random.default_rng(seed)
+    L = rng.integers(0, 4, (70, 70)).astype(np.float64)
+    L[rng.random(L.shape) < 0.1] = np.inf
+    L[np.tril_indices(70)] = np.nan
+    C = rng.integers(0, 8, (30, 70)).astype(np.float64)
+    C[rng.random(C.shape) < 0.1] = np.inf
+    bp = rng.integers(0, 30, C.shape).astype(dtype) if hints else np.zeros((0, 0), dtype)
+    b, k0 = int(rng.integers(0, 50)), int(rng.integers(1, 8))
+    k1 = k0 + int(rng.integers(1, 20))
+    before = C.copy()
+    want_C, want_bp = C.copy(), bp.copy()
+    kernels._push_rows(L, want_C, want_bp, b, b + 16, b, b + 16, k0, k1)
+    _triangle(L, C, bp, b, k0, k1, hints)
+    assert np.array_equal(C, want_C) and np.array_equal(bp, want_bp)
+    assert not np.array_equal(C, before)  # the piece did change something
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_thread_shares_start_on_aligned_targets(parts):
+    """The shares of [c0, n) cover it in order, and every start but c0 is a multiple of
+    ``DP_ALIGN`` (or n): their rows of C start on whole vectors."""
+    for c0, n in [(0, 1), (5, 6), (17, 4001), (256, 4001), (300, 301), (1000, 1003)]:
+        edges = [kernels._share_start(c0, n, i, parts) for i in range(parts + 1)]
+        assert edges[0] == c0 and edges[-1] == n
+        assert all(a <= b for a, b in zip(edges, edges[1:], strict=False))
+        assert all(e % kernels.DP_ALIGN == 0 or e == n for e in edges[1:])
+
+
 def test_numba_cache_dir_falls_back_to_user_folder(tmp_path, monkeypatch):
     import numba
 

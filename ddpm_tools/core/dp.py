@@ -126,20 +126,34 @@ def _want_hints(budgets: np.ndarray, T: int) -> bool:
     return int(budgets.sum()) * HINTS_FRACTION > int(budgets.max()) * T
 
 
+def _aligned_rows(rows: int, n: int, dtype: type[np.generic], fill: float) -> np.ndarray:
+    """A [rows, w] array filled with ``fill``, w = n rounded up to ``kernels.DP_ALIGN``, its
+    first entry on a 64-byte boundary: the kernels' vectors of targets from a multiple of
+    ``DP_ALIGN`` (16 float64 or int16) then never straddle two cache lines (on x86 such
+    loads and stores cost double). Columns from n on are padding the kernels never read."""
+    w = -(-n // kernels.DP_ALIGN) * kernels.DP_ALIGN
+    size = np.dtype(dtype).itemsize
+    buf = np.empty(rows * w + 64 // size, dtype=dtype)
+    start = (-buf.ctypes.data % 64) // size
+    out = buf[start : start + rows * w].reshape(rows, w)
+    out.fill(fill)
+    return out
+
+
 def _forward(
     L: np.ndarray, K: int, hints: bool, progress: ProgressFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the forward pass for budgets up to K. Returns C: [K+1, T+1] and the back-pointer
-    hints bp: [K+1, T+1] (``hints``) or [0, 0].
+    """Run the forward pass for budgets up to K. Returns C: [K+1, w] and the back-pointer
+    hints bp: [K+1, w] (``hints``) or [0, 0], with w >= T+1 (:func:`_aligned_rows`).
 
     On more than one numba thread (``NUMBA_NUM_THREADS``, default: every core) and for
     T >= ``PARALLEL_MIN_T`` the column blocks are spread over the threads; the result is
     the same bit for bit.
     """
     n = L.shape[0]
-    C = np.full((K + 1, n), np.inf)
+    C = _aligned_rows(K + 1, n, np.float64, np.inf)
     C[0, 0] = 0.0
-    bp = np.zeros((K + 1, n) if hints else (0, 0), dtype=_bp_dtype(n - 1))
+    bp = _aligned_rows(K + 1 if hints else 0, n if hints else 0, _bp_dtype(n - 1), 0)
     threads = numba.get_num_threads()
     for s_lo in range(0, n - 1, ROW_CHUNK):
         s_hi = min(s_lo + ROW_CHUNK, n - 1)

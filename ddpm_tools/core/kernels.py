@@ -12,7 +12,8 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
 * rows s are pushed in ascending order, so ``C[:, s]`` is final when row s is read; with
   strict ``<`` the smallest s wins every tie; only ``k <= s + 1`` can be finite;
 * rows go in blocks of ``DP_BLOCK``, first onto the block's own targets
-  (:func:`_push_own`, ``DP_SUB`` rows at a time), then onto every later one
+  (:func:`_push_own`, ``DP_SUB`` rows at a time, each piece onto itself through
+  :func:`ddpm_tools.core.simd.triangle`), then onto every later one
   (:func:`_push_block`) in column blocks of ``DP_COLUMNS``, budgets in chunks of
   ``DP_K_CHUNK`` (C[chunk, columns] stays in L2 even with every budget);
 * rows go eight at a time (``DP_GROUP``; L[rows, columns] stays in L1 while every budget
@@ -36,7 +37,9 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
 * ``dp_relax_rows_parallel`` cuts a block's later targets into one share per thread
   (numba's threads, ``NUMBA_NUM_THREADS``), one meeting per block; thread 0 also does the
   next block's own targets. Every (k, t) still takes the rows in ascending order, so
-  both kernels give the same bits.
+  both kernels give the same bits. Shares start at multiples of ``DP_ALIGN`` targets:
+  with C and bp from :func:`ddpm_tools.core.dp._forward` (rows on cache lines), no
+  vector of C or of the hints straddles two lines (10 % off every budget at T = 4000).
 
 Threads come from numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
 otherwise (:mod:`ddpm_tools.core.numba_setup`). Compiled with ``cache=True`` (first call
@@ -53,10 +56,11 @@ import numpy as np
 from ddpm_tools.core import simd
 
 DP_GROUP = simd.ROWS  # rows per pass over t in _push_columns (the unrolled code below)
-DP_SUB = 16  # rows per piece of a block's own part (each piece onto itself, then on)
+DP_SUB = simd.LANES  # rows per piece of a block's own part (onto itself, then on)
 DP_COLUMNS = 256  # target columns t per column block
 DP_K_CHUNK = 128  # budgets k per pass over a block's rows (that piece of C stays in L2)
 DP_BLOCK = 256  # rows per block: the block's own targets first, then every later one
+DP_ALIGN = simd.LANES  # thread shares start at a multiple of this many targets
 OWN_WEIGHT = 2  # thread 0's share counts the next block's own work this many times
 
 
@@ -253,15 +257,22 @@ def _push_own(L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int) ->
     """Push the rows s in [s0, s1) onto the targets t < s1 of the same block, ascending
     in s, so that every C[:, s] is final when row s is read. Budgets in chunks of
     ``DP_K_CHUNK`` (C[chunk, block] stays in L2); in each, ``DP_SUB`` rows at a time,
-    each piece first onto itself, then onto the rest of the block. Chunk by chunk is
+    each piece first onto itself (:func:`ddpm_tools.core.simd.triangle`; a shorter last
+    piece: :func:`_push_rows`), then onto the rest of the block. Chunk by chunk is
     enough: budget k reads C[k-1, s] only, finished by the chunk before or earlier in
     this one."""
+    hints = bp.shape[0] > 0
     kmax = min(s1, C.shape[0] - 1)
     for k0 in range(1, kmax + 1, DP_K_CHUNK):
         k1 = min(k0 + DP_K_CHUNK, kmax + 1)
         for b0 in range(s0, s1, DP_SUB):
             b1 = min(b0 + DP_SUB, s1)
-            _push_rows(L, C, bp, b0, b1, b0, b1, k0, k1)
+            if b1 - b0 < DP_SUB:
+                _push_rows(L, C, bp, b0, b1, b0, b1, k0, k1)
+            elif hints:
+                simd.triangle_hints(L, C, bp, b0, k0, max(k0, min(b1 + 1, k1)))
+            else:
+                simd.triangle(L, C, bp, b0, k0, max(k0, min(b1 + 1, k1)))
             for ta in range(b1, s1, DP_COLUMNS):
                 _push_columns(L, C, bp, b0, b1, ta, min(ta + DP_COLUMNS, s1), k0, k1, s1)
 
@@ -300,6 +311,21 @@ def _own_columns(s0: int, s1: int, e1: int, K: int) -> int:
     return OWN_WEIGHT * own // max(per_target, 1)
 
 
+@numba.njit(cache=True, inline="always")
+def _aligned(t: int) -> int:
+    """t moved up to a multiple of ``DP_ALIGN``."""
+    return -(-t // DP_ALIGN) * DP_ALIGN
+
+
+@numba.njit(cache=True)
+def _share_start(c0: int, n: int, i: int, parts: int) -> int:
+    """Where the i-th of ``parts`` equal shares of the targets [c0, n) starts (i = parts:
+    n), moved up to a multiple of ``DP_ALIGN`` (at most n)."""
+    if i == 0:
+        return c0
+    return min(n, _aligned(c0 + (n - c0) * i // parts))
+
+
 @numba.njit(cache=True, parallel=True)
 def dp_relax_rows_parallel(
     L: np.ndarray, C: np.ndarray, bp: np.ndarray, s_lo: int, s_hi: int, block: int,
@@ -330,15 +356,15 @@ def dp_relax_rows_parallel(
         s1 = min(s0 + block, s_hi)
         e1 = min(s1 + block, n - 1)
         own = _own_columns(s0, s1, e1, K)
-        c0 = min(n, max(e1, s1 + (n - s1 + own) // threads - own))  # thread 0's end
+        c0 = min(n, max(e1, _aligned(s1 + (n - s1 + own) // threads - own)))  # thread 0's end
         for i in numba.prange(threads):
             if i == 0:
                 _push_block(L, C, bp, s0, s1, s1, e1)
                 _push_own(L, C, bp, s1, e1)
                 _push_block(L, C, bp, s0, s1, e1, c0)
             else:
-                _push_block(L, C, bp, s0, s1, c0 + (n - c0) * (i - 1) // (threads - 1),
-                            c0 + (n - c0) * i // (threads - 1))
+                _push_block(L, C, bp, s0, s1, _share_start(c0, n, i - 1, threads - 1),
+                            _share_start(c0, n, i, threads - 1))
 
 
 @numba.njit(cache=True)
@@ -347,10 +373,10 @@ def dp_best_ends(
 ) -> None:
     """For each budget K: the start t minimizing C[K, t] + prior[t] (smallest t on ties).
 
-    C: [Kmax+1, T+1] float64; prior: [T+1] float64; budgets: [B] int64 (each <= Kmax).
+    C: [Kmax+1, >= T+1] float64; prior: [T+1] float64; budgets: [B] int64 (each <= Kmax).
     Outputs ends: [B] int64 (-1 if every total is +inf) and costs: [B] float64.
     """
-    n = C.shape[1]
+    n = prior.shape[0]
     for j in range(budgets.shape[0]):
         K = budgets[j]
         best = np.inf
