@@ -210,11 +210,12 @@ def test_scan_table_reach_and_first_bad_entry(n, inf_frac):
     assert kernels.scan_table(L, reach) == min(bad)  # the first in row-major order
 
 
-@pytest.mark.parametrize("hints", [True, False])
+@pytest.mark.parametrize("hints,exact", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("every", [1, 7])  # 49 budgets (batches and a part), or 7
-def test_best_ends_and_backtrack(hints, every):
+def test_best_ends_and_backtrack(hints, exact, every):
     """Every path the batched back-tracking finds against the reference back-pointers,
-    with the forward pass's hints and without."""
+    with the forward pass's hints, with the hints made exact first (every state's hint
+    then equals the reference step), and without hints."""
     L = random_table(6, n=50, levels=3)  # ties: the back-tracking takes the smallest s
     C_ref, bp_ref = reference_forward(L, 49)
     hint = np.zeros((50, 50) if hints else (0, 0), dtype=np.int16)
@@ -228,7 +229,12 @@ def test_best_ends_and_backtrack(hints, every):
     kernels.dp_best_ends(C, prior, budgets, ends, costs)
     offsets = np.concatenate([[0], np.cumsum(budgets + 1)[:-1]])
     paths = np.full(int((budgets + 1).sum()), -1, dtype=np.int64)
-    backtrack.dp_backtrack(L, C, hint, budgets, ends, offsets, paths)
+    if exact:
+        backtrack.dp_resolve_hints(L, C, hint, 49)
+        reachable = np.isfinite(C)
+        reachable[0] = False
+        assert np.array_equal(hint[reachable], bp_ref[reachable])  # every state: the step
+    backtrack.dp_backtrack(L, C, hint, budgets, ends, offsets, paths, exact)
     for j, K in enumerate(budgets):
         total = C[K] + prior
         assert ends[j] == np.argmin(total) and costs[j] == total.min()

@@ -28,6 +28,7 @@ from ddpm_tools.progress import ProgressFn, report
 
 ROW_CHUNK = kernels.DP_BLOCK  # source rows per kernel call (one progress report)
 HINTS_FRACTION = 32  # hints once back-tracking would cost > 1/32 of the forward pass
+RESOLVE_FRACTION = 4  # exact hints once the steps are more than 1/4 of the states
 PARALLEL_MIN_T = 256  # below this T the threads' meetings cost more than they save
 
 
@@ -140,6 +141,15 @@ def _aligned_rows(rows: int, n: int, dtype: type[np.generic], fill: float) -> np
     return out
 
 
+def _want_exact(budgets: np.ndarray, K: int, T: int) -> bool:
+    """Whether to make every hint exact before back-tracking (``backtrack.dp_resolve_hints``,
+    one pass over the K * T - K^2 / 2 states; K = 0: no hints). Measured at T = 4000 on 2
+    cores: 9 ns per state for the pass, then 8 ns per step instead of 43; so only when the
+    steps, sum(budgets), are more than the states / ``RESOLVE_FRACTION``."""
+    states = K * (T + 1) - K * (K + 1) // 2
+    return K > 0 and int(budgets.sum()) * RESOLVE_FRACTION > states
+
+
 def _forward(
     L: np.ndarray, K: int, hints: bool, progress: ProgressFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +197,10 @@ def _solve(
     offsets = np.zeros(ks.size, dtype=np.int64)
     np.cumsum(ks[:-1] + 1, out=offsets[1:])
     paths = np.empty(int((ks + 1).sum()), dtype=np.int64)  # every schedule, end to end
-    backtrack.dp_backtrack(L, C, bp, ks, ends, offsets, paths)
+    exact = _want_exact(ks, bp.shape[0] - 1, L.shape[0] - 1)
+    if exact:
+        backtrack.dp_resolve_hints(L, C, bp, bp.shape[0] - 1)
+    backtrack.dp_backtrack(L, C, bp, ks, ends, offsets, paths, exact)
     found = {
         int(K): DPSolution(int(K), paths[o : o + K + 1], float(c))
         for K, o, c in zip(ks, offsets, costs, strict=True)
