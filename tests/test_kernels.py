@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from ddpm_tools.core import backtrack, kernels, numba_setup, simd
+from ddpm_tools.core import backtrack, kernels, numba_setup, simd, table_scan
 from ddpm_tools.core.dp import solve_schedules_numpy
 from ddpm_tools.errors import BadInputError
 
@@ -196,7 +196,7 @@ def test_scan_table_reach_and_first_bad_entry(n, inf_frac):
     L[rng.random((n, n)) < inf_frac] = np.inf
     L[np.tril_indices(n)] = np.nan
     reach = np.empty(n, dtype=np.int64)
-    assert kernels.scan_table(L, reach) == (-1, -1)
+    assert table_scan.scan_table(L, reach) == (-1, -1)
     ref = np.full(n, -1)
     ref[0] = 0
     for t in range(1, n):
@@ -207,7 +207,7 @@ def test_scan_table_reach_and_first_bad_entry(n, inf_frac):
     bad = [(n - 2, n - 1)] if n < 40 else [(20, 21), (9, 12), (7, 30), (n - 2, n - 1)]
     for (s, t), value in zip(bad, [np.nan, -np.inf] * 2, strict=False):
         L[s, t] = value
-    assert kernels.scan_table(L, reach) == min(bad)  # the first in row-major order
+    assert table_scan.scan_table(L, reach) == min(bad)  # the first in row-major order
 
 
 @pytest.mark.parametrize("hints,exact", [(True, False), (True, True), (False, False)])
@@ -226,7 +226,7 @@ def test_best_ends_and_backtrack(hints, exact, every):
     budgets = np.arange(1, 50, every, dtype=np.int64)
     ends = np.empty(budgets.size, dtype=np.int64)
     costs = np.empty(budgets.size)
-    kernels.dp_best_ends(C, prior, budgets, ends, costs)
+    backtrack.dp_best_ends(C, prior, budgets, ends, costs)
     offsets = np.concatenate([[0], np.cumsum(budgets + 1)[:-1]])
     paths = np.full(int((budgets + 1).sum()), -1, dtype=np.int64)
     if exact:

@@ -1,4 +1,5 @@
-"""The DP's back-tracking, many schedules at once: numba kernels.
+"""The DP's back end, many schedules at once: numba kernels for the best ends and the
+back-tracking.
 
 After the forward pass (:mod:`ddpm_tools.core.kernels`), each schedule is found from its
 end: step k into t came from the smallest s with C[k-1, s] + L[s, t] == C[k, t]
@@ -28,6 +29,40 @@ AHEAD = 24  # dp_resolve_hints prefetches the row of L of the state this many ta
 
 
 @numba.njit(cache=True, parallel=True)
+def dp_best_ends(
+    C: np.ndarray, prior: np.ndarray, budgets: np.ndarray, ends: np.ndarray, costs: np.ndarray
+) -> None:
+    """For each budget K: the start t minimizing C[K, t] + prior[t] (smallest t on ties).
+
+    C: [Kmax+1, >= T+1] float64; prior: [T+1] float64; budgets: [B] int64 (each <= Kmax).
+    Outputs ends: [B] int64 (-1 if every total is +inf) and costs: [B] float64. Budgets
+    j and B-1-j go to the same thread (budget K reads T+1-K entries).
+    """
+    m = budgets.shape[0]
+    for i in numba.prange((m + 1) // 2):
+        _best_end(C, prior, budgets, ends, costs, i)
+        if m - 1 - i != i:
+            _best_end(C, prior, budgets, ends, costs, m - 1 - i)
+
+
+@numba.njit(cache=True)
+def _best_end(
+    C: np.ndarray, prior: np.ndarray, budgets: np.ndarray, ends: np.ndarray, costs: np.ndarray,
+    j: int,
+) -> None:
+    K = budgets[j]
+    best = np.inf
+    arg = -1
+    for t in range(K, prior.shape[0]):
+        v = C[K, t] + prior[t]
+        if v < best:
+            best = v
+            arg = t
+    ends[j] = arg
+    costs[j] = best
+
+
+@numba.njit(cache=True, parallel=True)
 def dp_backtrack(
     L: np.ndarray, C: np.ndarray, bp: np.ndarray, budgets: np.ndarray, ends: np.ndarray,
     offsets: np.ndarray, out: np.ndarray, exact: bool,
@@ -37,7 +72,7 @@ def dp_backtrack(
     L, C, bp: as left by the forward pass (bp [0, 0]: no hints), or with ``exact`` bp as
     left by :func:`dp_resolve_hints` (the step itself; L and C are then not read).
     budgets, ends, offsets: [m] int64: budget K_j and its start t (>= 0) from
-    :func:`kernels.dp_best_ends`; ``out[offsets[j] : offsets[j] + K_j + 1]`` gets 0 =
+    :func:`dp_best_ends`; ``out[offsets[j] : offsets[j] + K_j + 1]`` gets 0 =
     tau_0 < ... < tau_K = ends[j], each step the smallest s of :func:`kernels.dp_argmin`.
     Budgets go in batches of ``BATCH`` neighbours (paths of about the same length); numba
     hands each thread a contiguous range of the loop below, which takes the batches

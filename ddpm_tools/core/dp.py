@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ddpm_tools.core import backtrack, kernels
+from ddpm_tools.core import backtrack, kernels, table_scan
 from ddpm_tools.core.strides import check_timesteps
 from ddpm_tools.errors import BadInputError
 from ddpm_tools.progress import ProgressFn, report
@@ -58,7 +58,7 @@ def _validated(
     """(L, prior) as C-contiguous float64 after every check of check_table, and K_max."""
     L, prior = _as_arrays(L, prior, where)
     reach = np.empty(L.shape[0], dtype=np.int64)
-    s, t = kernels.scan_table(L, reach)
+    s, t = table_scan.scan_table(L, reach)
     if s >= 0:
         raise BadInputError(
             f"{where} has {L[s, t]} at L[{s}, {t}] (step {t} -> {s}); every used entry "
@@ -137,7 +137,7 @@ def _aligned_rows(rows: int, n: int, dtype: type[np.generic], fill: float) -> np
     buf = np.empty(rows * w + 64 // size, dtype=dtype)
     start = (-buf.ctypes.data % 64) // size
     out = buf[start : start + rows * w].reshape(rows, w)
-    out.fill(fill)
+    kernels.dp_fill(out, fill)
     return out
 
 
@@ -185,7 +185,7 @@ def _solve(
     C, bp = _forward(L, int(uniq[-1]), _want_hints(uniq, L.shape[0] - 1), progress)
     ends = np.empty(uniq.size, dtype=np.int64)
     costs = np.empty(uniq.size, dtype=np.float64)
-    kernels.dp_best_ends(C, prior, uniq, ends, costs)
+    backtrack.dp_best_ends(C, prior, uniq, ends, costs)
     if strict and (ends < 0).any():
         K = int(uniq[np.flatnonzero(ends < 0)[0]])
         raise BadInputError(
