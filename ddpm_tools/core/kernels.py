@@ -1,4 +1,5 @@
-"""numba kernels: every compiled loop of ddpm-tools lives here.
+"""numba kernels of the DP's forward pass (the table check: :mod:`.table_scan`; the
+back end: :mod:`.backtrack`; two loops as LLVM vector code: :mod:`.simd`).
 
 The dynamic program of Watson et al. 2021 ("Learning to Efficiently Sample from
 Diffusion Probabilistic Models", Sec. 3) over a cost table ``L: [T+1, T+1]``:
@@ -24,8 +25,9 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
 * back-pointers: with few budgets none are kept, and :func:`dp_argmin` reads every s of
   a step again (K steps of at most T rows). With many budgets (every budget: T^2 / 2
   steps) bp[k, t] keeps a hint, the first row of the group whose minimum was smaller
-  than C[k, t] (strict ``<``), and :func:`dp_argmin` reads only that group's rows. bp
-  is the smallest integer type that holds every s (int16 up to T = 32768);
+  than C[k, t] (strict ``<``), and :func:`dp_argmin` reads only that group's rows (for
+  every state at once: :func:`ddpm_tools.core.backtrack.dp_resolve_hints`). bp is the
+  smallest integer type that holds every s (int16 up to T = 32768);
 * LLVM and numba's selects: ``bp <- s if better else bp`` became one branch per lane on
   AVX2, so the hint is written ``h + (s - h) * better`` (a vector blend); and
   ``C <- min(m, C)`` became a masked store, so without hints C is taken into the tree
