@@ -24,11 +24,12 @@ turn into a masked store (slow on some CPUs).
 targets b+1..b+15 (each t only from the rows s < t), for a range of budgets. As a loop
 over s and then t (:func:`ddpm_tools.core.kernels._push_rows`) it is sixteen inner
 loops of 15, 14, ..., 0 targets per budget, each with its own set-up and a mispredicted
-exit: a tenth of a percent of the forward pass's additions, but on one core about a
+exit: about half a percent of the forward pass's additions, but on one core about a
 sixth of its time. Here the sixteen targets are four registers, kept there while the
 sixteen rows pass over them in ascending order; where t <= s the sum is replaced by
 +inf (a constant mask: the lanes are known when the code is made), which changes
-nothing, and parts with no t > s are skipped. Each (k, t) sees the same rows in the
+nothing, and parts with no t > s are skipped; C[k-1, b..b+15], the values the rows
+add, are the budget before's result, kept in registers too. Each (k, t) sees the same rows in the
 same order as in the loop (C[k-1, s] + L[s, t], then ``x < C[k, t]``), so C and bp (the
 row s itself, as in the loop) get the same bits.
 
@@ -59,8 +60,7 @@ class _Code:
         self.arrays = [context.make_array(t)(context, builder, a)
                        for t, a in zip(self.types, args[:3], strict=True)]
         self.ints = [context.cast(builder, v, t, types.intp)
-                     for v, t in zip(args[3:], signature.args[3:], strict=True)
-                     if isinstance(t, types.Integer)]
+                     for v, t in zip(args[3:], signature.args[3:], strict=True)]
         self.intp = context.get_value_type(types.intp)
         self.hty = context.get_data_type(self.types[2].dtype)
         self.part = ir.VectorType(ir.DoubleType(), PART)
