@@ -308,15 +308,24 @@ def test_triangle_equals_the_scalar_loop(dtype, hints, seed):
     assert not np.array_equal(C, before)  # the piece did change something
 
 
-@pytest.mark.parametrize("parts", [1, 2, 3, 7])
-def test_thread_shares_start_on_aligned_targets(parts):
-    """The shares of [c0, n) cover it in order, and every start but c0 is a multiple of
-    ``DP_ALIGN`` (or n): their rows of C start on whole vectors."""
-    for c0, n in [(0, 1), (5, 6), (17, 4001), (256, 4001), (300, 301), (1000, 1003)]:
-        edges = [kernels._share_start(c0, n, i, parts) for i in range(parts + 1)]
-        assert edges[0] == c0 and edges[-1] == n
-        assert all(a <= b for a, b in zip(edges, edges[1:], strict=False))
-        assert all(e % kernels.DP_ALIGN == 0 or e == n for e in edges[1:])
+@numba.njit(parallel=True)
+def _take_all(taken, n, threads, got):
+    for _ in numba.prange(threads):
+        j = numba_setup.take_next(taken)
+        while j < n:
+            got[j] += 1
+            j = numba_setup.take_next(taken)
+
+
+def test_take_next_hands_out_each_piece_once():
+    """Every thread takes pieces from one counter until none is left: each piece is taken
+    exactly once (with a plain read, then write, every run hands some out twice)."""
+    n, threads = 200000, numba.get_num_threads()
+    for _ in range(5):
+        taken = np.zeros(1, dtype=np.int64)
+        got = np.zeros(n, dtype=np.int64)
+        _take_all(taken, n, threads, got)
+        assert (got == 1).all() and taken[0] == n + threads  # one last look per thread
 
 
 def test_numba_cache_dir_falls_back_to_user_folder(tmp_path, monkeypatch):

@@ -36,13 +36,13 @@ the least cost of reaching time t from 0 in exactly k steps. Layout and loop ord
   targets go through :func:`ddpm_tools.core.simd.hint_pass` (LLVM vector code: the
   masks of 16 targets narrowed to int16 at once, not 4 at a time: 8-10 % off the
   forward pass for every budget), the rest through the loop here; the same bits;
-* ``dp_relax_rows_parallel`` cuts a block's later targets into one share per thread
-  (numba's threads, ``NUMBA_NUM_THREADS``), one meeting per block; thread 0 also does the
-  next block's own targets. Every (k, t) still takes the rows in ascending order, so
-  both kernels give the same bits. Shares start at multiples of ``DP_ALIGN`` targets:
-  with C and bp from :func:`ddpm_tools.core.dp._forward` (rows on cache lines), no
-  vector of C or of the hints straddles two lines (the forward pass for every budget at
-  T = 4000: 1.10 s -> 1.01 s).
+* ``dp_relax_rows_parallel`` cuts a block's later targets into pieces (a column block
+  and a chunk of budgets) that numba's threads (``NUMBA_NUM_THREADS``) take from a
+  shared counter, one meeting per block; thread 0 first does the next block's own
+  targets. Every (k, t) still takes the rows in ascending order, so both kernels give
+  the same bits. Column blocks start at multiples of ``DP_ALIGN`` targets: with C and
+  bp from :func:`ddpm_tools.core.dp._forward` (rows on cache lines, padded to a
+  multiple of ``DP_ALIGN``), no vector of C or of the hints straddles two lines.
 
 Threads come from numba's ``workqueue`` layer unless ``NUMBA_THREADING_LAYER`` says
 otherwise (:mod:`ddpm_tools.core.numba_setup`). Compiled with ``cache=True`` (first call
@@ -63,8 +63,7 @@ DP_SUB = simd.LANES  # rows per piece of a block's own part (onto itself, then o
 DP_COLUMNS = 256  # target columns t per column block
 DP_K_CHUNK = 128  # budgets k per pass over a block's rows (that piece of C stays in L2)
 DP_BLOCK = 256  # rows per block: the block's own targets first, then every later one
-DP_ALIGN = simd.LANES  # thread shares start at a multiple of this many targets
-OWN_WEIGHT = 2  # thread 0's share counts the next block's own work this many times
+DP_ALIGN = simd.LANES  # C's and bp's rows are padded to a multiple of this (dp._forward)
 
 
 @numba.njit(cache=True, inline="always")
@@ -232,73 +231,53 @@ def dp_relax_rows(
         _push_block(L, C, bp, s0, s1, s1, n)
 
 
-@numba.njit(cache=True)
-def _own_columns(s0: int, s1: int, e1: int, K: int) -> int:
-    """The work of the block [s1, e1) on its own targets, in targets of the block [s0,
-    s1) (the (row, budget) pairs one target takes), ``OWN_WEIGHT`` times over."""
-    per_target = 0
-    for s in range(s0, s1):
-        per_target += min(s + 1, K)
-    own = 0
-    for s in range(s1, e1):
-        own += min(s + 1, K) * (e1 - 1 - s)
-    return OWN_WEIGHT * own // max(per_target, 1)
-
-
-@numba.njit(cache=True, inline="always")
-def _aligned(t: int) -> int:
-    """t moved up to a multiple of ``DP_ALIGN``."""
-    return -(-t // DP_ALIGN) * DP_ALIGN
-
-
-@numba.njit(cache=True)
-def _share_start(c0: int, n: int, i: int, parts: int) -> int:
-    """Where the i-th of ``parts`` equal shares of the targets [c0, n) starts (i = parts:
-    n), moved up to a multiple of ``DP_ALIGN`` (at most n)."""
-    if i == 0:
-        return c0
-    return min(n, _aligned(c0 + (n - c0) * i // parts))
-
-
 @numba.njit(cache=True, parallel=True)
 def dp_relax_rows_parallel(
     L: np.ndarray, C: np.ndarray, bp: np.ndarray, s_lo: int, s_hi: int, block: int,
     threads: int, own_done: bool,
 ) -> None:
-    """:func:`dp_relax_rows` with step 2 split over numba's threads and step 1 of the next
+    """:func:`dp_relax_rows` with step 2 spread over numba's threads and step 1 of the next
     block done beside it.
 
-    ``threads``: pass ``numba.get_num_threads()`` (numba hands the ``threads`` shares out
-    statically, one per thread). ``own_done``: step 1 of the block at ``s_lo`` was done
-    by the call before (every call does it for the block after its last one); pass
+    ``threads``: pass ``numba.get_num_threads()`` (numba hands the ``threads`` iterations
+    out statically, one per thread). ``own_done``: step 1 of the block at ``s_lo`` was
+    done by the call before (every call does it for the block after its last one); pass
     ``s_lo > 0`` when the calls run in order.
 
     For each block [s0, s1), the next block being [s1, e1): thread 0 pushes the block's
     rows onto [s1, e1) first, then does step 1 of the next block (every row before s1
-    has reached those targets by then), then takes more targets; the other threads
-    split the rest of the targets in equal widths. Thread 0's share is smaller by the
-    next block's own work, counted ``OWN_WEIGHT`` times (its loops are short). Each
-    target column t still takes the rows s in ascending order, and a row pushed onto a
-    target a second time changes nothing (strict ``<``), so C and bp equal the one-core
-    result bit for bit, however the calls are cut. Threads meet once per block.
+    has reached those targets by then). The targets from e1 on go in pieces of
+    ``DP_COLUMNS`` targets and ``DP_K_CHUNK`` budgets, which the threads take one at a
+    time from a shared counter (:func:`ddpm_tools.core.numba_setup.take_next`) until
+    none is left, thread 0 once its own part is done: a thread that runs slower (a busy
+    core, thread 0's own part) takes fewer pieces. Each target column t still takes the
+    rows s in ascending order (a block's rows all reach a piece at once, and blocks go
+    in turn), so C and bp equal the one-core result bit for bit, however the calls are
+    cut and whichever thread takes a piece. Threads meet once per block.
     """
     n = L.shape[0]
     K = C.shape[0] - 1
+    taken = np.zeros(1, dtype=np.int64)
     if not own_done:
         _push_own(L, C, bp, s_lo, min(s_lo + block, s_hi))
     for s0 in range(s_lo, s_hi, block):
         s1 = min(s0 + block, s_hi)
         e1 = min(s1 + block, n - 1)
-        own = _own_columns(s0, s1, e1, K)
-        c0 = min(n, max(e1, _aligned(s1 + (n - s1 + own) // threads - own)))  # thread 0's end
+        kmax = min(s1, K)  # row s reaches k <= s + 1 only
+        chunks = (kmax + DP_K_CHUNK - 1) // DP_K_CHUNK
+        pieces = chunks * ((n - e1 + DP_COLUMNS - 1) // DP_COLUMNS)
+        taken[0] = 0
         for i in numba.prange(threads):
             if i == 0:
                 _push_block(L, C, bp, s0, s1, s1, e1)
                 _push_own(L, C, bp, s1, e1)
-                _push_block(L, C, bp, s0, s1, e1, c0)
-            else:
-                _push_block(L, C, bp, s0, s1, _share_start(c0, n, i - 1, threads - 1),
-                            _share_start(c0, n, i, threads - 1))
+            j = numba_setup.take_next(taken)
+            while j < pieces:
+                ta = e1 + j // chunks * DP_COLUMNS
+                k0 = 1 + j % chunks * DP_K_CHUNK
+                _push_columns(L, C, bp, s0, s1, ta, min(ta + DP_COLUMNS, n), k0,
+                              min(k0 + DP_K_CHUNK, kmax + 1), n)
+                j = numba_setup.take_next(taken)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -1,6 +1,7 @@
 """Where numba keeps its disk cache, and which threads it uses: set before numba is
-imported anywhere in ddpm-tools (``core.kernels`` imports this module first). Also the
-one LLVM intrinsic the kernels add, a cache prefetch (:func:`prefetch`)."""
+imported anywhere in ddpm-tools (``core.kernels`` imports this module first). Also two
+LLVM intrinsics the kernels add: a cache prefetch (:func:`prefetch`) and an atomic
+counter (:func:`take_next`)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,24 @@ def _prefetch(typingctx: Any, a: Any, i: Any, j: Any) -> Any:
 
 
 prefetch: Any = intrinsic(_prefetch)
+
+
+def _take_next(typingctx: Any, counter: Any) -> Any:
+    """``take_next(counter)`` in compiled code: add 1 to ``counter[0]`` (an int64 array
+    shared by numba's threads) as one atomic step and return the value before. Threads
+    that take pieces of work this way each get a different piece, in any order."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+    sig = types.int64(counter)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], arr,
+                                       [context.get_constant(types.intp, 0)])
+        return builder.atomic_rmw("add", ptr, context.get_constant(types.int64, 1),
+                                  "monotonic")
+
+    return sig, codegen
+
+
+take_next: Any = intrinsic(_take_next)
