@@ -95,7 +95,8 @@ def _take_next(typingctx: Any, counter: Any) -> Any:
     """``take_next(counter)`` in compiled code: add 1 to ``counter[0]`` (an int64 array
     shared by numba's threads) as one atomic step and return the value before. Threads
     that take pieces of work this way each get a different piece, in any order."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+    if not (isinstance(counter, types.Array) and counter.ndim == 1
+            and counter.dtype == types.int64):
         return None
     sig = types.int64(counter)
 
