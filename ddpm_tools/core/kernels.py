@@ -175,14 +175,33 @@ def _push_block(
     """Push the final rows s in [s0, s1) onto the targets t in [ca, cb), ca >= s1.
 
     Column blocks of ``DP_COLUMNS``; in each, budgets in chunks of ``DP_K_CHUNK`` (so
-    C[k-chunk, column block] stays in L2 even when every budget is solved).
+    C[k-chunk, column block] stays in L2 even when every budget is solved): the pieces
+    of :func:`_push_piece`, in order.
     """
+    for j in range(_pieces(s1, C.shape[0] - 1, ca, cb)):
+        _push_piece(L, C, bp, s0, s1, ca, cb, j)
+
+
+@numba.njit(cache=True)
+def _pieces(s1: int, K: int, ca: int, cb: int) -> int:
+    """How many pieces (a column block, a chunk of budgets) the rows before s1 have on
+    the targets [ca, cb); row s reaches the budgets k <= s + 1 only."""
+    chunks = (min(s1, K) + DP_K_CHUNK - 1) // DP_K_CHUNK
+    return chunks * ((cb - ca + DP_COLUMNS - 1) // DP_COLUMNS)
+
+
+@numba.njit(cache=True)
+def _push_piece(
+    L: np.ndarray, C: np.ndarray, bp: np.ndarray, s0: int, s1: int, ca: int, cb: int, j: int
+) -> None:
+    """Piece j of pushing the final rows [s0, s1) onto the targets [ca, cb): column block
+    j // chunks, budget chunk j % chunks (so pieces in order go block by block)."""
     kmax = min(s1, C.shape[0] - 1)
-    for ta in range(ca, cb, DP_COLUMNS):
-        tb = min(ta + DP_COLUMNS, cb)
-        for k0 in range(1, kmax + 1, DP_K_CHUNK):
-            k1 = min(k0 + DP_K_CHUNK, kmax + 1)
-            _push_columns(L, C, bp, s0, s1, ta, tb, k0, k1, cb)
+    chunks = (kmax + DP_K_CHUNK - 1) // DP_K_CHUNK
+    ta = ca + j // chunks * DP_COLUMNS
+    k0 = 1 + j % chunks * DP_K_CHUNK
+    _push_columns(L, C, bp, s0, s1, ta, min(ta + DP_COLUMNS, cb), k0,
+                  min(k0 + DP_K_CHUNK, kmax + 1), cb)
 
 
 @numba.njit(cache=True)
@@ -263,9 +282,7 @@ def dp_relax_rows_parallel(
     for s0 in range(s_lo, s_hi, block):
         s1 = min(s0 + block, s_hi)
         e1 = min(s1 + block, n - 1)
-        kmax = min(s1, K)  # row s reaches k <= s + 1 only
-        chunks = (kmax + DP_K_CHUNK - 1) // DP_K_CHUNK
-        pieces = chunks * ((n - e1 + DP_COLUMNS - 1) // DP_COLUMNS)
+        pieces = _pieces(s1, K, e1, n)
         taken[0] = 0
         for i in numba.prange(threads):
             if i == 0:
@@ -273,10 +290,7 @@ def dp_relax_rows_parallel(
                 _push_own(L, C, bp, s1, e1)
             j = numba_setup.take_next(taken)
             while j < pieces:
-                ta = e1 + j // chunks * DP_COLUMNS
-                k0 = 1 + j % chunks * DP_K_CHUNK
-                _push_columns(L, C, bp, s0, s1, ta, min(ta + DP_COLUMNS, n), k0,
-                              min(k0 + DP_K_CHUNK, kmax + 1), n)
+                _push_piece(L, C, bp, s0, s1, e1, n, j)
                 j = numba_setup.take_next(taken)
 
 
